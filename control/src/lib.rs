@@ -1,0 +1,1 @@
+//! The qosgw control plane. Builds and tests without DPDK.

@@ -1,0 +1,1 @@
+//! Earliest-departure-time shapers and the per-worker timing wheel.

@@ -1,0 +1,1 @@
+//! Packet formats: zero-copy views per header, the parser and in-place marking.
