@@ -63,7 +63,9 @@ fn main() {
     let bindings = match bindings {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("error: bindgen failed on the DPDK headers ({e}); run `sudo ./scripts/setup`");
+            eprintln!(
+                "error: bindgen failed on the DPDK headers ({e}); run `sudo ./scripts/setup`"
+            );
             exit(1);
         }
     };

@@ -4,5 +4,15 @@
 //! is tested without DPDK; only `dpdk` (the safe wrapper over EAL, mempools,
 //! ports and mbufs) and the worker loop built on it need DPDK.
 
+pub mod counters;
+pub mod pcap;
+pub mod pipeline;
 pub mod shaper;
 pub mod wire;
+
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+#[cfg(feature = "dpdk")]
+pub mod gateway;
+#[cfg(feature = "dpdk")]
+pub mod worker;

@@ -1,0 +1,108 @@
+//! EAL initialisation (once per process) and the lcores and clock it provides.
+
+use std::ffi::{c_int, c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::DpdkError;
+
+/// `rte_eal_init` succeeds once per process; `rte_eal_cleanup` does not reset that.
+static EAL_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Proof that the EAL is initialised. Everything that needs the EAL takes `&Eal`.
+#[derive(Debug)]
+pub struct Eal {
+    tsc_hz: u64,
+}
+
+impl Eal {
+    /// Initialises the EAL from an argument list (without the program name). Fails with a
+    /// clear error when called a second time in the same process.
+    pub fn init<S: AsRef<str>>(args: &[S]) -> Result<Eal, DpdkError> {
+        if EAL_STARTED.swap(true, Ordering::SeqCst) {
+            return Err(DpdkError::new(
+                "EAL initialisation",
+                "the EAL was already initialised in this process (DPDK allows it only once)",
+            ));
+        }
+        let mut owned = vec![CString::new("qosgw").expect("no NUL in a literal")];
+        for a in args {
+            let a = a.as_ref();
+            owned.push(CString::new(a).map_err(|_| {
+                DpdkError::new(
+                    "EAL arguments",
+                    format!("argument {a:?} contains a NUL byte"),
+                )
+            })?);
+        }
+        // rte_eal_init may permute argv, so it gets its own array of pointers.
+        let mut argv: Vec<*mut std::ffi::c_char> =
+            owned.iter().map(|s| s.as_ptr().cast_mut()).collect();
+        argv.push(std::ptr::null_mut());
+        // SAFETY: argv holds argc valid NUL-terminated strings that outlive the call (owned
+        // lives until the end of this function; the EAL copies what it keeps), and a final
+        // NULL. This is the first and only call in the process (EAL_STARTED above).
+        let ret = unsafe { dpdk_sys::rte_eal_init(owned.len() as c_int, argv.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(DpdkError::from_errno("EAL initialisation"));
+        }
+        // SAFETY: the EAL is initialised.
+        let tsc_hz = unsafe { dpdk_sys::rte_get_tsc_hz() };
+        Ok(Eal { tsc_hz })
+    }
+
+    /// TSC cycles per second, as measured by the EAL.
+    pub fn tsc_hz(&self) -> u64 {
+        self.tsc_hz
+    }
+
+    /// The worker lcores the EAL was given (`-l`/`--lcores`), main lcore excluded.
+    pub fn worker_lcores(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        // SAFETY: the EAL is initialised; rte_get_next_lcore only reads its lcore table.
+        let mut id = unsafe { dpdk_sys::rte_get_next_lcore(u32::MAX, 1, 0) };
+        while id < dpdk_sys::RTE_MAX_LCORE {
+            out.push(id);
+            // SAFETY: as above.
+            id = unsafe { dpdk_sys::rte_get_next_lcore(id, 1, 0) };
+        }
+        out
+    }
+
+    /// Runs `f` on worker lcore `lcore`. Join it with [`Eal::wait`].
+    pub fn launch<F: FnOnce() + Send + 'static>(&self, lcore: u32, f: F) -> Result<(), DpdkError> {
+        extern "C" fn trampoline(arg: *mut c_void) -> c_int {
+            // SAFETY: arg is the Box<Box<dyn FnOnce>> leaked by launch below, handed to
+            // exactly one lcore, so we take ownership of it exactly once.
+            let f = unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() + Send>>()) };
+            f();
+            0
+        }
+        let boxed: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
+        let arg = Box::into_raw(boxed).cast::<c_void>();
+        // SAFETY: trampoline has the lcore_function_t signature; arg stays valid until
+        // trampoline takes it back.
+        let ret = unsafe { dpdk_sys::rte_eal_remote_launch(Some(trampoline), arg, lcore) };
+        if ret != 0 {
+            // SAFETY: the launch failed, so trampoline never ran and we still own arg.
+            drop(unsafe { Box::from_raw(arg.cast::<Box<dyn FnOnce() + Send>>()) });
+            return Err(DpdkError::from_code(
+                format!("launching lcore {lcore}"),
+                ret,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until the function launched on `lcore` has returned.
+    pub fn wait(&self, lcore: u32) {
+        // SAFETY: the EAL is initialised; waiting on an idle lcore returns at once.
+        unsafe { dpdk_sys::rte_eal_wait_lcore(lcore) };
+    }
+}
+
+/// The current TSC value. Cheap (an rdtsc), callable from any thread.
+#[inline]
+pub fn tsc() -> u64 {
+    // SAFETY: rdtsc has no preconditions.
+    unsafe { dpdk_sys::qosgw_rdtsc() }
+}

@@ -1,0 +1,273 @@
+//! Ethernet ports: configuration, queues, bursts and statistics.
+
+use std::ffi::CString;
+use std::sync::Arc;
+
+use super::{DpdkError, Eal, Mbuf, Mempool};
+
+/// The largest frame qosgw forwards (jumbo), Ethernet header included, FCS excluded.
+pub const MAX_FRAME_LEN: u32 = 9216;
+
+// Function-like macros (RTE_BIT64) that bindgen cannot evaluate; values from rte_ethdev.h.
+const RX_OFFLOAD_SCATTER: u64 = 1 << 13;
+const TX_OFFLOAD_MULTI_SEGS: u64 = 1 << 15;
+const ETHER_HDR_LEN: u32 = 14;
+
+/// A started Ethernet port. Dropping it stops and closes the device, which is what makes
+/// net_pcap write its `tx_pcap` file; so a `Port` must outlive every queue handle
+/// ([`RxQueue`], [`TxQueue`] hold an `Arc` to it).
+#[derive(Debug)]
+pub struct Port {
+    id: u16,
+    name: String,
+    // Keeps the pool alive until the device that fills its RX rings from it is closed.
+    _pool: Arc<Mempool>,
+}
+
+/// Port counters as DPDK keeps them (`rte_eth_stats_get`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_missed: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_no_mbuf: u64,
+}
+
+/// The receive side of one queue of a port. There is one handle per queue, and it is not
+/// `Clone`: DPDK queues are single-consumer, so each belongs to one worker.
+#[derive(Debug)]
+pub struct RxQueue {
+    port: Arc<Port>,
+    queue: u16,
+}
+
+/// The transmit side of one queue of a port; single-producer, like [`RxQueue`].
+#[derive(Debug)]
+pub struct TxQueue {
+    port: Arc<Port>,
+    queue: u16,
+}
+
+impl Port {
+    /// Finds the DPDK device called `name` (e.g. `net_pcap0`, `net_tap1`, a PCI address),
+    /// configures `queues` RX and TX queue pairs fed from `pool`, and starts it.
+    pub fn open(
+        _eal: &Eal,
+        name: &str,
+        queues: u16,
+        pool: Arc<Mempool>,
+    ) -> Result<(Arc<Port>, Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
+        let id = port_id(name)?;
+        let ctx = |what: &str| format!("port {name}: {what}");
+
+        // SAFETY: rte_eth_dev_info is plain data; DPDK fills it.
+        let mut info: dpdk_sys::rte_eth_dev_info = unsafe { std::mem::zeroed() };
+        // SAFETY: id is a valid port; info is a valid out-pointer.
+        let ret = unsafe { dpdk_sys::rte_eth_dev_info_get(id, &mut info) };
+        if ret != 0 {
+            return Err(DpdkError::from_code(ctx("reading device info"), ret));
+        }
+        if queues > info.max_rx_queues || queues > info.max_tx_queues {
+            return Err(DpdkError::new(
+                ctx("configuring queues"),
+                format!(
+                    "{queues} queue pairs asked, the device has {} RX and {} TX \
+                     (for net_pcap give one rx_pcap/tx_pcap pair per queue)",
+                    info.max_rx_queues, info.max_tx_queues
+                ),
+            ));
+        }
+
+        let mut conf = dpdk_sys::rte_eth_conf::default();
+        // Jumbo frames pass through untouched: the MTU is as large as the device allows.
+        let overhead = ETHER_HDR_LEN;
+        conf.rxmode.mtu = (MAX_FRAME_LEN - overhead).min(u32::from(info.max_mtu));
+        let scatter = RX_OFFLOAD_SCATTER;
+        if info.rx_offload_capa & scatter != 0 {
+            conf.rxmode.offloads |= scatter;
+        }
+        let multi_seg = TX_OFFLOAD_MULTI_SEGS;
+        if info.tx_offload_capa & multi_seg != 0 {
+            conf.txmode.offloads |= multi_seg;
+        }
+        // SAFETY: id is valid; conf is a fully initialised rte_eth_conf.
+        let ret = unsafe { dpdk_sys::rte_eth_dev_configure(id, queues, queues, &conf) };
+        if ret != 0 {
+            return Err(DpdkError::from_code(ctx("configuring"), ret));
+        }
+
+        // SAFETY: id is a valid port.
+        let socket = unsafe { dpdk_sys::rte_eth_dev_socket_id(id) };
+        let socket = if socket < 0 { 0 } else { socket as u32 };
+        for q in 0..queues {
+            // SAFETY: id is configured with `queues` RX queues; NULL rx_conf means the
+            // driver's defaults; pool is a live pktmbuf pool that outlives the port.
+            let ret = unsafe {
+                dpdk_sys::rte_eth_rx_queue_setup(
+                    id,
+                    q,
+                    1024,
+                    socket,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
+            };
+            if ret != 0 {
+                return Err(DpdkError::from_code(
+                    ctx(&format!("setting up RX queue {q}")),
+                    ret,
+                ));
+            }
+            // SAFETY: as above, for TX queues.
+            let ret =
+                unsafe { dpdk_sys::rte_eth_tx_queue_setup(id, q, 1024, socket, std::ptr::null()) };
+            if ret != 0 {
+                return Err(DpdkError::from_code(
+                    ctx(&format!("setting up TX queue {q}")),
+                    ret,
+                ));
+            }
+        }
+        // SAFETY: id is configured with its queues set up.
+        let ret = unsafe { dpdk_sys::rte_eth_dev_start(id) };
+        if ret != 0 {
+            // SAFETY: close releases what configure allocated; the port is not started.
+            unsafe { dpdk_sys::rte_eth_dev_close(id) };
+            return Err(DpdkError::from_code(ctx("starting"), ret));
+        }
+        // A bump in the wire forwards every frame, whatever its destination MAC. Devices
+        // without the notion (net_pcap) refuse, which is fine.
+        // SAFETY: id is a started port.
+        unsafe { dpdk_sys::rte_eth_promiscuous_enable(id) };
+
+        let port = Arc::new(Port {
+            id,
+            name: name.to_owned(),
+            _pool: pool,
+        });
+        let rx = (0..queues)
+            .map(|queue| RxQueue {
+                port: port.clone(),
+                queue,
+            })
+            .collect();
+        let tx = (0..queues)
+            .map(|queue| TxQueue {
+                port: port.clone(),
+                queue,
+            })
+            .collect();
+        Ok((port, rx, tx))
+    }
+
+    /// The DPDK device name the port was opened by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The port's counters.
+    pub fn stats(&self) -> PortStats {
+        let mut s = dpdk_sys::rte_eth_stats::default();
+        // SAFETY: self.id is a started port; s is a valid out-pointer. Reading stats is
+        // safe concurrently with the data path (the drivers keep per-queue counters).
+        unsafe { dpdk_sys::rte_eth_stats_get(self.id, &mut s) };
+        PortStats {
+            rx_packets: s.ipackets,
+            tx_packets: s.opackets,
+            rx_bytes: s.ibytes,
+            tx_bytes: s.obytes,
+            rx_missed: s.imissed,
+            rx_errors: s.ierrors,
+            tx_errors: s.oerrors,
+            rx_no_mbuf: s.rx_nombuf,
+        }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // SAFETY: no queue handle is left (each holds an Arc to us), so no lcore is using
+        // the device. Stop, then close: close is what flushes net_pcap's tx_pcap file.
+        unsafe {
+            dpdk_sys::rte_eth_dev_stop(self.id);
+            dpdk_sys::rte_eth_dev_close(self.id);
+        }
+    }
+}
+
+impl RxQueue {
+    /// Receives up to `out`'s spare capacity of packets, appending them to `out`. Never
+    /// allocates: the caller reserves the burst size once.
+    #[inline]
+    pub fn rx_burst(&mut self, out: &mut Vec<Mbuf>) -> usize {
+        let spare = out.spare_capacity_mut();
+        let max = spare.len().min(usize::from(u16::MAX)) as u16;
+        // SAFETY: Mbuf is repr(transparent) over a non-null rte_mbuf pointer, so the spare
+        // capacity is room for `max` mbuf pointers; the driver writes n <= max of them, each
+        // a packet it hands over to us. We own this queue (&mut self, one handle per queue).
+        let n = unsafe {
+            dpdk_sys::qosgw_rx_burst(
+                self.port.id,
+                self.queue,
+                spare.as_mut_ptr().cast::<*mut dpdk_sys::rte_mbuf>(),
+                max,
+            )
+        };
+        // SAFETY: the driver initialised the first n slots with valid mbufs.
+        unsafe { out.set_len(out.len() + usize::from(n)) };
+        usize::from(n)
+    }
+
+    pub fn port(&self) -> &Arc<Port> {
+        &self.port
+    }
+}
+
+impl TxQueue {
+    /// Hands the packets at the front of `pkts` to the driver and removes the ones it took
+    /// (usually all); the rest stay in `pkts` for the caller to retry or drop.
+    #[inline]
+    pub fn tx_burst(&mut self, pkts: &mut Vec<Mbuf>) -> usize {
+        let len = pkts.len().min(usize::from(u16::MAX));
+        // SAFETY: pkts holds `len` owned mbufs laid out as rte_mbuf pointers (Mbuf is
+        // repr(transparent)). The driver takes ownership of the first n it returns; we own
+        // this queue (&mut self, one handle per queue).
+        let n = unsafe {
+            dpdk_sys::qosgw_tx_burst(
+                self.port.id,
+                self.queue,
+                pkts.as_mut_ptr().cast::<*mut dpdk_sys::rte_mbuf>(),
+                len as u16,
+            )
+        };
+        let n = usize::from(n);
+        // The first n now belong to the driver: forget them without freeing.
+        pkts.drain(..n).for_each(|m| {
+            m.into_raw();
+        });
+        n
+    }
+
+    pub fn port(&self) -> &Arc<Port> {
+        &self.port
+    }
+}
+
+fn port_id(name: &str) -> Result<u16, DpdkError> {
+    let cname =
+        CString::new(name).map_err(|_| DpdkError::new("port name", "contains a NUL byte"))?;
+    let mut id = 0u16;
+    // SAFETY: cname is a valid C string; id is a valid out-pointer.
+    let ret = unsafe { dpdk_sys::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id) };
+    if ret != 0 {
+        return Err(DpdkError::new(
+            format!("port {name}"),
+            "no such DPDK device (give it to the EAL with --vdev=... or check its PCI address)",
+        ));
+    }
+    Ok(id)
+}

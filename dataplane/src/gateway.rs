@@ -1,0 +1,124 @@
+//! Sets up the two ports and the workers on an initialised EAL, runs them to the end, and
+//! tears down in the order DPDK needs (queues, then ports, then the mempool).
+
+use std::sync::Arc;
+
+use crate::counters::WorkerCounters;
+use crate::dpdk::{DpdkError, Eal, Mempool, Port, PortStats};
+use crate::pipeline::{Pipeline, Side};
+use crate::worker::{StopWhen, Worker, WorkerQueues};
+
+/// Which devices to use and how many workers.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// DPDK device names of the inside and outside ports.
+    pub ports: [String; 2],
+    pub workers: usize,
+    /// Mbufs in the packet pool (shared by all ports and workers).
+    pub mbufs: u32,
+}
+
+/// What a finished run leaves behind for reporting.
+#[derive(Debug)]
+pub struct RunReport {
+    pub workers: Vec<Arc<WorkerCounters>>,
+    /// Port statistics read just before the ports were closed, indexed by [`Side`].
+    pub ports: [PortStats; 2],
+}
+
+pub struct Gateway<'e> {
+    eal: &'e Eal,
+    ports: [Arc<Port>; 2],
+    workers: Vec<Worker>,
+    counters: Vec<Arc<WorkerCounters>>,
+}
+
+impl<'e> Gateway<'e> {
+    /// Opens both ports with one RX/TX queue pair per worker and builds the workers.
+    pub fn new(eal: &'e Eal, cfg: &GatewayConfig) -> Result<Gateway<'e>, DpdkError> {
+        if cfg.workers == 0 {
+            return Err(DpdkError::new("workers", "at least one worker is needed"));
+        }
+        let lcores = eal.worker_lcores().len() + 1;
+        if cfg.workers > lcores {
+            return Err(DpdkError::new(
+                "workers",
+                format!(
+                    "{} workers need {} lcores, the EAL has {lcores} (-l)",
+                    cfg.workers, cfg.workers
+                ),
+            ));
+        }
+        let queues =
+            u16::try_from(cfg.workers).map_err(|_| DpdkError::new("workers", "too many"))?;
+        let pool = Arc::new(Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, 2048 + 128)?);
+        let (inside, rx_in, tx_in) =
+            Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
+        let (outside, rx_out, tx_out) =
+            Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
+
+        let mut workers = Vec::with_capacity(cfg.workers);
+        let mut counters = Vec::with_capacity(cfg.workers);
+        let queues = rx_in
+            .into_iter()
+            .zip(tx_in)
+            .zip(rx_out.into_iter().zip(tx_out));
+        for ((rx_i, tx_i), (rx_o, tx_o)) in queues {
+            let c = Arc::new(WorkerCounters::default());
+            let q = WorkerQueues {
+                rx: [rx_i, rx_o],
+                tx: [tx_i, tx_o],
+            };
+            workers.push(Worker::new(q, Pipeline::new(c.clone()), eal.tsc_hz()));
+            counters.push(c);
+        }
+        Ok(Gateway {
+            eal,
+            ports: [inside, outside],
+            workers,
+            counters,
+        })
+    }
+
+    /// The workers' counters, for a control thread to read while the gateway runs.
+    pub fn counters(&self) -> &[Arc<WorkerCounters>] {
+        &self.counters
+    }
+
+    /// The ports, for a control thread to read their statistics.
+    pub fn ports(&self) -> &[Arc<Port>; 2] {
+        &self.ports
+    }
+
+    /// Runs worker 0 on the calling (main) lcore and the others on the EAL's worker
+    /// lcores, until `stop` says so; then closes the ports (which flushes net_pcap files).
+    pub fn run(self, stop: StopWhen) -> Result<RunReport, DpdkError> {
+        let Gateway {
+            eal,
+            ports,
+            mut workers,
+            counters,
+        } = self;
+        let lcores = eal.worker_lcores();
+        let mut first = workers.remove(0);
+        let mut launched = Vec::new();
+        for (mut w, lcore) in workers.into_iter().zip(&lcores) {
+            let stop = stop.clone();
+            eal.launch(*lcore, move || w.run(&stop))?;
+            launched.push(*lcore);
+        }
+        first.run(&stop);
+        drop(first);
+        for lcore in launched {
+            eal.wait(lcore);
+        }
+        let stats = [ports[0].stats(), ports[1].stats()];
+        // The workers (and their queue handles) are gone: these are the last references,
+        // so the ports stop and close here.
+        drop(ports);
+        Ok(RunReport {
+            workers: counters,
+            ports: stats,
+        })
+    }
+}

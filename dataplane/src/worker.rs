@@ -1,0 +1,145 @@
+//! The poll loop of one worker core: receive a burst from each port, process every frame,
+//! buffer it for the other port, and flush TX buffers when full or when the drain interval
+//! has passed. Everything per packet is in [`Pipeline::process`]; this file only moves
+//! mbufs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::counters::WorkerCounters;
+use crate::dpdk::{tsc, Mbuf, RxQueue, TxQueue};
+use crate::pipeline::{Pipeline, Side, Verdict};
+
+/// Frames taken from a queue at a time, and the TX buffer size.
+pub const BURST: usize = 32;
+
+/// How long a partly filled TX buffer may wait before it is flushed.
+pub const DRAIN_US: u64 = 100;
+
+/// One worker's queues: RX and TX on the inside and outside ports, indexed by [`Side`].
+#[derive(Debug)]
+pub struct WorkerQueues {
+    pub rx: [RxQueue; 2],
+    pub tx: [TxQueue; 2],
+}
+
+/// When the loop ends.
+#[derive(Debug, Clone)]
+pub enum StopWhen {
+    /// When the flag is raised (SIGINT/SIGTERM for `run`).
+    Flag(Arc<AtomicBool>),
+    /// When this many frames have been received in all (replay: the input's frame count),
+    /// or when the flag is raised.
+    Received { frames: u64, flag: Arc<AtomicBool> },
+}
+
+pub struct Worker {
+    queues: WorkerQueues,
+    pipeline: Pipeline,
+    counters: Arc<WorkerCounters>,
+    burst: Vec<Mbuf>,
+    tx_buf: [Vec<Mbuf>; 2],
+    drain_cycles: u64,
+}
+
+impl Worker {
+    pub fn new(queues: WorkerQueues, pipeline: Pipeline, tsc_hz: u64) -> Worker {
+        Worker {
+            queues,
+            counters: pipeline.counters().clone(),
+            pipeline,
+            burst: Vec::with_capacity(BURST),
+            tx_buf: [Vec::with_capacity(BURST), Vec::with_capacity(BURST)],
+            drain_cycles: tsc_hz * DRAIN_US / 1_000_000,
+        }
+    }
+
+    /// Polls until `stop` says so, then flushes what it holds.
+    pub fn run(&mut self, stop: &StopWhen) {
+        let mut last_drain = tsc();
+        let mut received = 0u64;
+        loop {
+            let mut got = 0;
+            for side in Side::BOTH {
+                got += self.poll(side);
+            }
+            received += got as u64;
+            self.counters.polls.inc();
+            if got > 0 {
+                self.counters.busy_polls.inc();
+            }
+            let now = tsc();
+            if now.wrapping_sub(last_drain) >= self.drain_cycles {
+                self.flush_all();
+                last_drain = now;
+            }
+            let done = match stop {
+                StopWhen::Flag(flag) => flag.load(Ordering::Relaxed),
+                StopWhen::Received { frames, flag } => {
+                    received >= *frames || flag.load(Ordering::Relaxed)
+                }
+            };
+            if done {
+                break;
+            }
+        }
+        self.flush_all();
+    }
+
+    /// Receives one burst on `side` and processes it; returns how many frames came.
+    #[inline]
+    fn poll(&mut self, side: Side) -> usize {
+        let n = self.queues.rx[side.index()].rx_burst(&mut self.burst);
+        if n == 0 {
+            return 0;
+        }
+        let counters = &*self.counters;
+        let out = side.other().index();
+        for mut m in self.burst.drain(..) {
+            let len = m.pkt_len();
+            counters.rx_packets[side.index()].inc();
+            counters.rx_bytes[side.index()].add(u64::from(len));
+            match self.pipeline.process(m.data_mut(), len, side) {
+                Verdict::Forward => {
+                    self.tx_buf[out].push(m);
+                    if self.tx_buf[out].len() == BURST {
+                        flush(
+                            &mut self.queues.tx[out],
+                            &mut self.tx_buf[out],
+                            counters,
+                            out,
+                        );
+                    }
+                }
+                Verdict::Drop => drop(m),
+            }
+        }
+        n
+    }
+
+    fn flush_all(&mut self) {
+        for side in 0..2 {
+            flush(
+                &mut self.queues.tx[side],
+                &mut self.tx_buf[side],
+                &self.counters,
+                side,
+            );
+        }
+    }
+}
+
+/// Sends a TX buffer; what the queue refuses is freed and counted as `tx_full`.
+#[inline]
+fn flush(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, counters: &WorkerCounters, side: usize) {
+    if buf.is_empty() {
+        return;
+    }
+    let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
+    let sent = tx.tx_burst(buf);
+    counters.tx_packets[side].add(sent as u64);
+    let refused_bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
+    counters.tx_bytes[side].add(bytes - refused_bytes);
+    counters.tx_full[side].add(buf.len() as u64);
+    buf.clear();
+}

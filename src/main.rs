@@ -1,0 +1,37 @@
+//! `qosgw`: the command line (SPEC §4).
+
+mod replay;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// qosgw: a bump-in-the-wire QoS gateway on DPDK. Policies in the style of Windows
+/// Policy-based QoS mark DSCP and throttle traffic between an inside and an outside port.
+#[derive(Parser)]
+#[command(name = "qosgw", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay a capture through the real dataplane on DPDK net_pcap devices (no NIC, no
+    /// hugepages) and print a per-policy summary. Every input frame is treated as outbound.
+    Replay(replay::ReplayArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replay(args) => replay::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("qosgw: error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
