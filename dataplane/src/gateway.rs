@@ -52,17 +52,16 @@ impl<'e> Gateway<'e> {
         let queues =
             u16::try_from(cfg.workers).map_err(|_| DpdkError::new("workers", "too many"))?;
         let pool = Arc::new(Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, 2048 + 128)?);
-        let (inside, rx_in, tx_in) =
-            Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
-        let (outside, rx_out, tx_out) =
-            Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
+        let inside = Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
+        let outside = Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
 
         let mut workers = Vec::with_capacity(cfg.workers);
         let mut counters = Vec::with_capacity(cfg.workers);
-        let queues = rx_in
+        let queues = inside
+            .rx
             .into_iter()
-            .zip(tx_in)
-            .zip(rx_out.into_iter().zip(tx_out));
+            .zip(inside.tx)
+            .zip(outside.rx.into_iter().zip(outside.tx));
         for ((rx_i, tx_i), (rx_o, tx_o)) in queues {
             let c = Arc::new(WorkerCounters::default());
             let q = WorkerQueues {
@@ -74,7 +73,7 @@ impl<'e> Gateway<'e> {
         }
         Ok(Gateway {
             eal,
-            ports: [inside, outside],
+            ports: [inside.port, outside.port],
             workers,
             counters,
         })

@@ -8,6 +8,7 @@ pub mod counters;
 pub mod pcap;
 pub mod pipeline;
 pub mod shaper;
+pub mod synth;
 pub mod wire;
 
 #[cfg(feature = "dpdk")]

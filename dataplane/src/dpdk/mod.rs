@@ -15,7 +15,7 @@ use std::fmt;
 pub use eal::{tsc, Eal};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
-pub use port::{Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN};
+pub use port::{OpenedPort, Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN};
 
 /// An error from DPDK, with what we were doing when it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,14 @@ pub struct Port {
     _pool: Arc<Mempool>,
 }
 
+/// A port just opened, with one handle per queue to hand to the workers.
+#[derive(Debug)]
+pub struct OpenedPort {
+    pub port: Arc<Port>,
+    pub rx: Vec<RxQueue>,
+    pub tx: Vec<TxQueue>,
+}
+
 /// Port counters as DPDK keeps them (`rte_eth_stats_get`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortStats {
@@ -60,7 +68,7 @@ impl Port {
         name: &str,
         queues: u16,
         pool: Arc<Mempool>,
-    ) -> Result<(Arc<Port>, Vec<RxQueue>, Vec<TxQueue>), DpdkError> {
+    ) -> Result<OpenedPort, DpdkError> {
         let id = port_id(name)?;
         let ctx = |what: &str| format!("port {name}: {what}");
 
@@ -161,7 +169,7 @@ impl Port {
                 queue,
             })
             .collect();
-        Ok((port, rx, tx))
+        Ok(OpenedPort { port, rx, tx })
     }
 
     /// The DPDK device name the port was opened by.

@@ -1,0 +1,190 @@
+//! `qosgw replay` as a user runs it: a capture in, a capture and a summary out.
+
+mod common;
+
+use common::*;
+use dataplane::synth::{arp_request, proto, Packet, L4, TCP_ACK};
+use serde_json::Value;
+
+/// Frames of every kind the parser has to get past: each must leave byte for byte.
+fn mixed_frames() -> Vec<Vec<u8>> {
+    let udp = L4::Udp {
+        src: 5004,
+        dst: 5004,
+    };
+    let tcp = L4::Tcp {
+        src: 40000,
+        dst: 80,
+        flags: TCP_ACK,
+    };
+    let v4 = Packet::new(ip("192.0.2.1"), ip("198.51.100.1"), tcp.clone())
+        .payload(100)
+        .build();
+    let mut truncated_v4 = v4.clone();
+    truncated_v4.truncate(40); // IPv4 total length says more than the frame holds
+    vec![
+        v4,
+        // IPv4 with options (record route, NOP padding).
+        Packet::new(ip("192.0.2.1"), ip("198.51.100.1"), udp.clone())
+            .ipv4_options(&[7, 7, 4, 0, 0, 0, 0, 1])
+            .payload(33)
+            .build(),
+        // IPv6 with hop-by-hop, routing and destination options headers.
+        Packet::new(ip("2001:db8::1"), ip("2001:db8::2"), tcp.clone())
+            .ipv6_ext(&[0, 43, 60])
+            .payload(200)
+            .build(),
+        Packet::new(ip("2001:db8::1"), ip("2001:db8::2"), L4::Echo)
+            .payload(56)
+            .build(),
+        // 802.1Q and QinQ.
+        Packet::new(ip("10.0.0.1"), ip("10.0.0.2"), udp.clone())
+            .vlans(&[42])
+            .payload(64)
+            .build(),
+        Packet::new(ip("10.0.0.1"), ip("10.0.0.2"), tcp.clone())
+            .vlans(&[100, 200])
+            .payload(64)
+            .build(),
+        arp_request([10, 0, 0, 1], [10, 0, 0, 2]),
+        Packet::new(ip("192.0.2.1"), ip("198.51.100.1"), L4::Other(proto::ESP))
+            .payload(120)
+            .build(),
+        Packet::new(ip("192.0.2.1"), ip("198.51.100.1"), L4::Echo)
+            .payload(56)
+            .build(),
+        Packet::new(ip("192.0.2.1"), ip("198.51.100.1"), L4::Other(proto::GRE))
+            .payload(80)
+            .build(),
+        // Truncated and runt frames.
+        truncated_v4,
+        vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08], // shorter than an Ethernet header
+        {
+            let mut f = Packet::new(ip("2001:db8::1"), ip("2001:db8::2"), udp.clone()).build();
+            f.truncate(30); // cut inside the IPv6 header
+            f
+        },
+        // Jumbo frames: 9000 bytes of IP, and the largest frame qosgw forwards (9216).
+        Packet::new(ip("192.0.2.1"), ip("198.51.100.1"), udp.clone())
+            .payload(9000 - 28)
+            .build(),
+        Packet::new(ip("2001:db8::1"), ip("2001:db8::2"), udp)
+            .payload(9216 - 14 - 40 - 8)
+            .build(),
+    ]
+}
+
+#[test]
+fn passes_every_kind_of_frame_through_byte_for_byte_in_order() {
+    let dir = Scratch::new("mixed");
+    let (input, output) = (dir.path("in.pcap"), dir.path("out.pcap"));
+    // Several rounds so bursts are full and frames of each kind sit at every burst position.
+    let frames: Vec<Vec<u8>> = (0..7).flat_map(|_| mixed_frames()).collect();
+    write_capture(&input, &frames);
+
+    let out = replay(&input, &output, &["--json"]);
+    assert_success(&out);
+
+    let got = read_capture(&output);
+    assert_eq!(got.len(), frames.len(), "frame count");
+    for (i, (g, want)) in got.iter().zip(&frames).enumerate() {
+        assert_eq!(g.data.len(), want.len(), "frame {i} length");
+        assert!(g.data == *want, "frame {i} differs");
+        assert_eq!(g.orig_len as usize, want.len(), "frame {i} wire length");
+    }
+
+    let summary: Value =
+        serde_json::from_slice(&out.stdout).expect("--json prints one JSON object");
+    assert_eq!(summary["rx_packets"], frames.len());
+    assert_eq!(summary["tx_packets"], frames.len());
+    assert!(summary["policies"].is_array());
+}
+
+#[test]
+fn output_timestamps_are_real_transmit_times() {
+    let dir = Scratch::new("timestamps");
+    let (input, output) = (dir.path("in.pcap"), dir.path("out.pcap"));
+    let frames = vec![Packet::new(ip("10.0.0.1"), ip("10.0.0.2"), L4::Echo).build(); 50];
+    write_capture(&input, &frames);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let out = replay(&input, &output, &[]);
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    assert_success(&out);
+    let got = read_capture(&output);
+    assert_eq!(got.len(), 50);
+    // The input was stamped in 1970; the output carries the time qosgw sent each frame.
+    let (lo, hi) = (
+        before.as_nanos() as u64 - 1_000_000_000,
+        after.as_nanos() as u64 + 1_000_000_000,
+    );
+    for r in &got {
+        assert!(
+            (lo..hi).contains(&r.ts_ns),
+            "timestamp {} not within the run [{lo}, {hi})",
+            r.ts_ns
+        );
+    }
+    assert!(
+        got.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns),
+        "timestamps never go back"
+    );
+}
+
+#[test]
+fn table_summary_is_readable() {
+    let dir = Scratch::new("table");
+    let output = dir.path("out.pcap");
+    let out = replay(std::path::Path::new("config/sample.pcap"), &output, &[]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = read_capture(std::path::Path::new("config/sample.pcap")).len();
+    assert!(
+        text.contains(&format!("{frames} received, {frames} sent")),
+        "{text}"
+    );
+    assert_eq!(read_capture(&output).len(), frames);
+}
+
+#[test]
+fn a_missing_input_is_one_clear_error() {
+    let dir = Scratch::new("missing");
+    let out = replay(&dir.path("nope.pcap"), &dir.path("o.pcap"), &[]);
+    let line = assert_one_line_error(&out, "nope.pcap");
+    assert!(line.contains("No such file"), "{line}");
+}
+
+#[test]
+fn a_file_that_is_not_a_capture_is_one_clear_error() {
+    let dir = Scratch::new("notpcap");
+    let input = dir.path("in.pcap");
+    std::fs::write(&input, "this is a text file, not a capture\n").unwrap();
+    let out = replay(&input, &dir.path("o.pcap"), &[]);
+    assert_one_line_error(&out, "not a pcap or pcapng capture file");
+}
+
+#[test]
+fn a_capture_of_another_link_type_is_one_clear_error() {
+    let dir = Scratch::new("linktype");
+    let input = dir.path("cooked.pcap");
+    write_capture(&input, &[vec![0u8; 60]]);
+    // Patch the link type to 113 (Linux cooked capture, what `tcpdump -i any` writes).
+    let mut bytes = std::fs::read(&input).unwrap();
+    bytes[20..24].copy_from_slice(&113u32.to_le_bytes());
+    std::fs::write(&input, bytes).unwrap();
+    let out = replay(&input, &dir.path("o.pcap"), &[]);
+    assert_one_line_error(&out, "link type is 113");
+}
+
+#[test]
+fn an_unwritable_output_is_one_clear_error() {
+    let dir = Scratch::new("unwritable");
+    let input = dir.path("in.pcap");
+    write_capture(&input, &[vec![0u8; 60]]);
+    let output = dir.path("no/such/dir/out.pcap");
+    let out = replay(&input, &output, &[]);
+    assert_one_line_error(&out, "cannot write output capture");
+}
