@@ -16,7 +16,7 @@
 //! A packet whose departure is more than `max_delay` after `now` is dropped and leaves the
 //! state as it was, so the drop costs the shaper nothing.
 
-use super::rate::Rate;
+use super::rate::{Rate, RateError};
 
 /// What to do with a packet a shaper has seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +48,21 @@ impl ShaperConfig {
             burst_cycles: rate.cycles_for_bytes(burst_bytes),
             max_delay_cycles,
         }
+    }
+
+    /// The config of a policy's `throttle` (rate, `burst`) for a TSC at `tsc_hz` with the
+    /// gateway's delay limit (`u64::MAX`: none).
+    pub fn from_throttle(
+        throttle: &control::Throttle,
+        tsc_hz: u64,
+        max_delay_cycles: u64,
+    ) -> Result<ShaperConfig, RateError> {
+        let rate = Rate::new(throttle.rate_bps, tsc_hz)?;
+        Ok(ShaperConfig::new(
+            rate,
+            throttle.burst_bytes,
+            max_delay_cycles,
+        ))
     }
 
     /// SPEC §2's default burst: the larger of 2 × 1514 bytes and 2 ms at the rate.
