@@ -1,0 +1,334 @@
+//! Which shaper state a packet uses, what is shared between workers, and how it survives a
+//! policy reload.
+//!
+//! * `policy` scope: one [`SharedShaper`] per policy, shared by every worker, because the
+//!   policy's flows are spread over workers and SPEC §5 wants the aggregate held. Its clock
+//!   is one atomic (see `shared.rs`); each worker keeps only its fraction-of-a-cycle carry.
+//! * `host` scope: per worker, in a [`ShaperTable`] keyed by (policy, inside address). A
+//!   shared table of millions of atomics would cost every packet a contended cache line;
+//!   instead the dispatch (RSS or the software spread) must send all flows of one inside
+//!   address to one worker, e.g. by hashing on the inside address only. Where it does not,
+//!   each worker holds the host to the full rate on its own share of the flows.
+//! * `flow` scope: per worker, keyed by (policy, flow hash): a flow lives on one worker.
+//!
+//! The control thread owns a [`ShaperRegistry`] and, at each (re)load, asks it for a
+//! [`PolicyShaper`] per throttled policy; the compiled policy carries it to the workers.
+//! The registry keys everything by policy name: a surviving name gets back the same shared
+//! clock and the same [`ShaperId`], which keys the workers' `host` and `flow` instances, so
+//! all shaper state of a policy survives a reload, even one that changes its rate. Ids of
+//! removed names are never reused: their instances just go idle and are retired.
+
+use std::sync::{Arc, Mutex};
+
+use control::ThrottleScope;
+use hashbrown::HashMap;
+
+use super::edt::{Decision, ShaperConfig};
+use super::shared::{SharedClock, SharedShaper};
+use super::table::{ShaperHint, ShaperTable};
+
+/// A policy's shaper identity, stable across reloads for as long as its name survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShaperId(u32);
+
+impl ShaperId {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// What a throttled policy hands the workers: its scope, config and identity.
+#[derive(Clone, Debug)]
+pub enum PolicyShaper {
+    /// One shaper for the whole policy, shared by all workers.
+    Policy {
+        id: ShaperId,
+        shaper: Arc<SharedShaper>,
+    },
+    /// One shaper per inside host address, per worker.
+    Host { id: ShaperId, cfg: ShaperConfig },
+    /// One shaper per flow, per worker.
+    Flow { id: ShaperId, cfg: ShaperConfig },
+}
+
+impl PolicyShaper {
+    pub fn id(&self) -> ShaperId {
+        match *self {
+            PolicyShaper::Policy { id, .. }
+            | PolicyShaper::Host { id, .. }
+            | PolicyShaper::Flow { id, .. } => id,
+        }
+    }
+
+    pub fn scope(&self) -> ThrottleScope {
+        match self {
+            PolicyShaper::Policy { .. } => ThrottleScope::Policy,
+            PolicyShaper::Host { .. } => ThrottleScope::Host,
+            PolicyShaper::Flow { .. } => ThrottleScope::Flow,
+        }
+    }
+
+    pub fn config(&self) -> &ShaperConfig {
+        match self {
+            PolicyShaper::Policy { shaper, .. } => shaper.config(),
+            PolicyShaper::Host { cfg, .. } | PolicyShaper::Flow { cfg, .. } => cfg,
+        }
+    }
+}
+
+struct Named {
+    id: ShaperId,
+    clock: Arc<SharedClock>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    by_name: HashMap<String, Named>,
+    next_id: u32,
+}
+
+/// Policy name → shaper identity and shared clock. Used by the control thread at load and
+/// reload time only (it locks); workers never touch it.
+#[derive(Default)]
+pub struct ShaperRegistry {
+    inner: Mutex<RegistryInner>,
+}
+
+impl ShaperRegistry {
+    pub fn new() -> ShaperRegistry {
+        ShaperRegistry::default()
+    }
+
+    /// The shaper for policy `name`, throttled as `scope` with `cfg`. The first call for a
+    /// name creates it; later calls (reloads) keep its id and clock and take the new
+    /// scope and config.
+    pub fn shaper_for(&self, name: &str, scope: ThrottleScope, cfg: ShaperConfig) -> PolicyShaper {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *inner;
+        let named = match inner.by_name.get(name) {
+            Some(named) => named,
+            None => {
+                let id = ShaperId(inner.next_id);
+                inner.next_id = inner
+                    .next_id
+                    .checked_add(1)
+                    .expect("fewer than 2^32 policy names in one run");
+                inner.by_name.entry(name.to_owned()).or_insert(Named {
+                    id,
+                    clock: Arc::new(SharedClock::new()),
+                })
+            }
+        };
+        let id = named.id;
+        match scope {
+            ThrottleScope::Policy => PolicyShaper::Policy {
+                id,
+                shaper: Arc::new(SharedShaper::with_clock(cfg, Arc::clone(&named.clock))),
+            },
+            ThrottleScope::Host => PolicyShaper::Host { id, cfg },
+            ThrottleScope::Flow => PolicyShaper::Flow { id, cfg },
+        }
+    }
+
+    /// After a reload: forget the names not in `names` (their policies are gone). A name
+    /// that comes back later starts afresh.
+    pub fn retain<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: hashbrown::HashSet<&str> = names.into_iter().collect();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.by_name.retain(|name, _| keep.contains(name.as_str()));
+    }
+
+    /// How many policy names it holds.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_name
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The instance of a `host` or `flow` scope a packet belongs to. The worker fills both: the
+/// inside host address (IPv4 as `::ffff:a.b.c.d`) and its flow hash (or flow-cache index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopeKey {
+    pub host: [u8; 16],
+    pub flow: u64,
+}
+
+/// One worker's shaper state: its `host` and `flow` instances and its carries for the
+/// shared `policy` shapers. Single-owner, no locks.
+pub struct WorkerShapers {
+    hosts: ShaperTable<(ShaperId, [u8; 16])>,
+    flows: ShaperTable<(ShaperId, u64)>,
+    carries: HashMap<ShaperId, u32>,
+}
+
+impl WorkerShapers {
+    /// Room for `hosts` host and `flows` flow instances before anything allocates (say,
+    /// the flow cache's capacity for both).
+    pub fn with_capacity(hosts: usize, flows: usize) -> WorkerShapers {
+        WorkerShapers {
+            hosts: ShaperTable::with_capacity(hosts),
+            flows: ShaperTable::with_capacity(flows),
+            carries: HashMap::with_capacity(64),
+        }
+    }
+
+    /// Schedule a frame of `len` bytes seen at `now` on `shaper`. `hint` is the flow's
+    /// [`ShaperHint`] (kept in its flow-cache entry); `key` picks the instance for `host`
+    /// and `flow` scopes. Allocates only when a table outgrows its capacity.
+    #[inline]
+    pub fn schedule(
+        &mut self,
+        shaper: &PolicyShaper,
+        key: &ScopeKey,
+        hint: &mut ShaperHint,
+        now: u64,
+        len: u32,
+    ) -> Decision {
+        match shaper {
+            PolicyShaper::Policy { id, shaper } => {
+                let carry = self.carries.entry(*id).or_insert(0);
+                shaper.schedule(carry, now, len)
+            }
+            PolicyShaper::Host { id, cfg } => {
+                self.hosts.schedule(cfg, (*id, key.host), hint, now, len)
+            }
+            PolicyShaper::Flow { id, cfg } => {
+                self.flows.schedule(cfg, (*id, key.flow), hint, now, len)
+            }
+        }
+    }
+
+    /// Retire idle `host` and `flow` instances, looking at up to `budget` slots of each
+    /// table. Call it a little every loop iteration. Returns how many were retired.
+    pub fn retire_idle(&mut self, now: u64, budget: usize) -> usize {
+        self.hosts.retire_idle(now, budget) + self.flows.retire_idle(now, budget)
+    }
+
+    /// Live `host` instances.
+    pub fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Live `flow` instances.
+    pub fn flows(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rate::Rate;
+    use super::*;
+
+    const HZ: u64 = 1_000_000_000;
+
+    fn cfg(bps: u64) -> ShaperConfig {
+        ShaperConfig::new(Rate::new(bps, HZ).unwrap(), 1000, u64::MAX)
+    }
+
+    fn key(host: u8, flow: u64) -> ScopeKey {
+        ScopeKey {
+            host: [host; 16],
+            flow,
+        }
+    }
+
+    #[test]
+    fn scopes_pick_their_instances() {
+        let reg = ShaperRegistry::new();
+        let pol = reg.shaper_for("agg", ThrottleScope::Policy, cfg(8_000_000));
+        let host = reg.shaper_for("per-host", ThrottleScope::Host, cfg(8_000_000));
+        let flow = reg.shaper_for("per-flow", ThrottleScope::Flow, cfg(8_000_000));
+        assert_ne!(pol.id(), host.id());
+        assert_eq!(host.scope(), ThrottleScope::Host);
+        let mut w = WorkerShapers::with_capacity(16, 16);
+        let now = 1 << 32;
+        let mut h = ShaperHint::NONE;
+        // Policy scope: different hosts and flows share the one bucket.
+        assert_eq!(
+            w.schedule(&pol, &key(1, 1), &mut h, now, 1000),
+            Decision::Now
+        );
+        assert!(matches!(
+            w.schedule(&pol, &key(2, 2), &mut h, now, 1000),
+            Decision::At(_)
+        ));
+        // Host scope: one bucket per host, shared by that host's flows.
+        let (mut h1, mut h2, mut h3) = Default::default();
+        assert_eq!(
+            w.schedule(&host, &key(1, 1), &mut h1, now, 1000),
+            Decision::Now
+        );
+        assert_eq!(
+            w.schedule(&host, &key(2, 2), &mut h2, now, 1000),
+            Decision::Now
+        );
+        assert!(matches!(
+            w.schedule(&host, &key(1, 3), &mut h3, now, 1000),
+            Decision::At(_)
+        ));
+        assert_eq!(w.hosts(), 2);
+        // Flow scope: one bucket per flow, whatever the host.
+        let (mut f1, mut f2) = Default::default();
+        assert_eq!(
+            w.schedule(&flow, &key(1, 1), &mut f1, now, 1000),
+            Decision::Now
+        );
+        assert_eq!(
+            w.schedule(&flow, &key(1, 2), &mut f2, now, 1000),
+            Decision::Now
+        );
+        assert!(matches!(
+            w.schedule(&flow, &key(1, 1), &mut f1, now, 1000),
+            Decision::At(_)
+        ));
+        assert_eq!(w.flows(), 2);
+        // Everything retires once idle.
+        assert_eq!(w.retire_idle(now + HZ, 100), 4);
+        assert_eq!((w.hosts(), w.flows()), (0, 0));
+    }
+
+    #[test]
+    fn state_survives_a_reload_when_the_name_does() {
+        let reg = ShaperRegistry::new();
+        let mut w = WorkerShapers::with_capacity(4, 4);
+        let now = 1 << 32;
+        let mut hint = ShaperHint::NONE;
+        let k = key(9, 9);
+
+        // Generation 1: "bulk" (policy scope) and "hosts" (host scope) build a backlog.
+        let bulk = reg.shaper_for("bulk", ThrottleScope::Policy, cfg(8_000_000));
+        let hosts = reg.shaper_for("hosts", ThrottleScope::Host, cfg(8_000_000));
+        w.schedule(&bulk, &k, &mut hint, now, 101_000); // 100 ms past the burst
+        let mut hh = ShaperHint::NONE;
+        w.schedule(&hosts, &k, &mut hh, now, 101_000);
+
+        // Generation 2: both names survive, "bulk" at a new rate; "gone" appears and goes.
+        let bulk2 = reg.shaper_for("bulk", ThrottleScope::Policy, cfg(16_000_000));
+        let hosts2 = reg.shaper_for("hosts", ThrottleScope::Host, cfg(8_000_000));
+        let gone = reg.shaper_for("gone", ThrottleScope::Flow, cfg(8_000_000));
+        assert_eq!(bulk2.id(), bulk.id());
+        assert_eq!(hosts2.id(), hosts.id());
+        // The backlog is still there: the next packet waits behind it.
+        assert_eq!(
+            w.schedule(&bulk2, &k, &mut hint, now, 2),
+            Decision::At(now + 100_000_000 + 1_000)
+        );
+        assert_eq!(
+            w.schedule(&hosts2, &k, &mut hh, now, 1),
+            Decision::At(now + 100_001_000)
+        );
+        reg.retain(["bulk", "hosts"]);
+        assert_eq!(reg.len(), 2);
+        // A name that comes back gets a new identity, never a stale one's state.
+        let back = reg.shaper_for("gone", ThrottleScope::Flow, cfg(8_000_000));
+        assert_ne!(back.id(), gone.id());
+    }
+}

@@ -1,0 +1,366 @@
+//! The parser: one frame in, the flow key of SPEC §5 and the offsets marking
+//! needs out.
+//!
+//! What is accepted, and why:
+//! - Ethernet II with up to two VLAN tags, outer first, each 0x8100 or 0x88a8
+//!   (in either order: real networks mix them). A third tag, and any EtherType
+//!   other than IPv4/IPv6 (ARP, LLDP, 802.3 lengths, ...), is not ours to
+//!   classify: [`Parsed::NonIp`], forwarded byte for byte.
+//! - IPv4 whose version is 4, IHL ≥ 5, and Total Length ≥ IHL × 4 and within the
+//!   frame. Bytes after Total Length are Ethernet padding, not an error. The
+//!   header checksum is not verified: a bump in the wire forwards what it gets and
+//!   the receiver judges; marking keeps a valid checksum valid.
+//! - IPv6 whose version is 6 and whose Payload Length is within the frame. The
+//!   hop-by-hop, routing, fragment and destination-options headers are walked,
+//!   at most [`MAX_EXTENSION_HEADERS`] of them, in any order (lenient: finding the
+//!   upper layer is our job, enforcing RFC 8200's order is not).
+//! - AH (51) ends the walk in both families, and is the key's protocol with no
+//!   ports. In IPv4 the header says so; in IPv6 we do the same so that a policy
+//!   `"protocol": "ah"` means the same thing in both families (walking through AH
+//!   would hide it behind the protected protocol).
+//! - TCP, UDP and SCTP give ports (and TCP its flags); every other protocol (ICMP,
+//!   ICMPv6, ESP, GRE, AH, ...) gives its number only, ports 0.
+//! - A non-first fragment (IPv4 offset ≠ 0, IPv6 fragment header offset ≠ 0) has no
+//!   upper-layer header: ports 0 and [`FlowKey::PORTS_UNKNOWN`]. Its protocol is
+//!   the IPv4 Protocol, or the IPv6 fragment header's Next Header.
+//! - An unfragmented packet or a first fragment whose TCP (20 bytes), UDP (8) or
+//!   SCTP (12) header does not fit in the IP payload is malformed
+//!   ([`MalformedReason::Truncated`]): RFC 8200 §4.5 requires the first fragment to
+//!   hold the whole upper-layer header, and RFC 1858 treats tiny first fragments
+//!   as an attack on exactly this kind of port filter. Nothing beyond the fixed
+//!   L4 header is checked (TCP data offset, UDP length): classification does not
+//!   read it, and marking does not touch L4.
+
+use super::ethernet::{self, ethertype};
+use super::ip::protocol;
+use super::{ipv4, ipv6, ipv6ext, sctp, tcp, udp, vlan, Truncated};
+
+/// The flow key of SPEC §5. Compact, fixed size, hashed by the per-worker flow cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FlowKey {
+    /// IPv4 addresses in the first 4 bytes, the rest zero.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// 0 for protocols without ports, and when ports are unknown.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Outer VLAN ID, or [`FlowKey::NO_VLAN`].
+    pub vlan: u16,
+    pub protocol: u8,
+    /// [`FlowKey::IPV6`], [`FlowKey::INBOUND`], [`FlowKey::PORTS_UNKNOWN`] bits.
+    pub flags: u8,
+}
+
+impl FlowKey {
+    /// No VLAN tag: a VID has 12 bits, so this cannot collide with one.
+    pub const NO_VLAN: u16 = 0xffff;
+    /// The addresses are IPv6.
+    pub const IPV6: u8 = 0x01;
+    /// The frame arrived on the outside port (SPEC §2 `direction`).
+    pub const INBOUND: u8 = 0x02;
+    /// A non-first fragment: the ports are not in this packet.
+    pub const PORTS_UNKNOWN: u8 = 0x04;
+
+    #[inline]
+    pub fn is_ipv6(&self) -> bool {
+        self.flags & Self::IPV6 != 0
+    }
+
+    #[inline]
+    pub fn is_inbound(&self) -> bool {
+        self.flags & Self::INBOUND != 0
+    }
+
+    #[inline]
+    pub fn ports_unknown(&self) -> bool {
+        self.flags & Self::PORTS_UNKNOWN != 0
+    }
+
+    /// The source address as `std::net::IpAddr`, for classification and display.
+    pub fn src_addr(&self) -> std::net::IpAddr {
+        addr(&self.src, self.is_ipv6())
+    }
+
+    pub fn dst_addr(&self) -> std::net::IpAddr {
+        addr(&self.dst, self.is_ipv6())
+    }
+}
+
+fn addr(bytes: &[u8; 16], v6: bool) -> std::net::IpAddr {
+    if v6 {
+        std::net::IpAddr::from(*bytes)
+    } else {
+        std::net::IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+}
+
+/// Where a packet sits in its datagram. The identification is what a fragment
+/// table keys on, with source, destination and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fragment {
+    /// A whole datagram (an IPv6 atomic fragment, offset 0 without M, counts as
+    /// whole: RFC 6946).
+    None,
+    /// Offset 0, more fragments follow: carries the ports.
+    First { id: u32 },
+    /// Offset ≠ 0: no ports.
+    NonFirst { id: u32 },
+}
+
+/// What the data path needs from one parsed IP frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketInfo {
+    pub key: FlowKey,
+    /// Offset of the IP header in the frame.
+    pub l3_offset: u16,
+    /// Offset of the outer VLAN tag's TCI (for the 802.1p PCP rewrite).
+    pub outer_tag_offset: Option<u16>,
+    /// Offset of the upper-layer header (after IPv4 options or IPv6 extension
+    /// headers); `None` for a non-first fragment.
+    pub l4_offset: Option<u16>,
+    pub fragment: Fragment,
+    /// The TCP flags octet ([`tcp::flags`]); 0 if not TCP or unknown.
+    pub tcp_flags: u8,
+}
+
+/// The parser's verdict on a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Not IPv4 or IPv6 (ARP, LLDP, three VLAN tags, ...): pass it through.
+    NonIp,
+    Ip(PacketInfo),
+    Malformed(MalformedReason),
+}
+
+/// Why a frame is malformed; [`label`](Self::label) is the Prometheus `reason`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MalformedReason {
+    /// The frame ends inside a header: Ethernet, a VLAN tag, the fixed IPv4 or
+    /// IPv6 header, an IPv6 extension header, or the TCP/UDP/SCTP header.
+    Truncated,
+    /// EtherType IPv4 with version ≠ 4, or EtherType IPv6 with version ≠ 6.
+    BadIpVersion,
+    /// IPv4 IHL below 5.
+    BadIpHeaderLength,
+    /// IPv4 Total Length below the header length or beyond the frame; IPv6
+    /// Payload Length beyond the frame.
+    BadTotalLength,
+    /// More than [`MAX_EXTENSION_HEADERS`] IPv6 extension headers.
+    TooManyExtensionHeaders,
+}
+
+impl MalformedReason {
+    /// Every reason, in `as usize` order: per-worker counters are an array
+    /// indexed by `reason as usize`.
+    pub const ALL: [MalformedReason; 5] = [
+        MalformedReason::Truncated,
+        MalformedReason::BadIpVersion,
+        MalformedReason::BadIpHeaderLength,
+        MalformedReason::BadTotalLength,
+        MalformedReason::TooManyExtensionHeaders,
+    ];
+
+    /// The `reason` label of `qosgw_malformed_packets_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            MalformedReason::Truncated => "truncated",
+            MalformedReason::BadIpVersion => "bad_ip_version",
+            MalformedReason::BadIpHeaderLength => "bad_ip_header_length",
+            MalformedReason::BadTotalLength => "bad_total_length",
+            MalformedReason::TooManyExtensionHeaders => "too_many_extension_headers",
+        }
+    }
+}
+
+impl From<Truncated> for MalformedReason {
+    #[inline]
+    fn from(_: Truncated) -> Self {
+        MalformedReason::Truncated
+    }
+}
+
+/// How many IPv6 extension headers the parser walks before giving up. RFC 8200
+/// allows each at most once (destination options twice), so a legitimate packet
+/// has at most 6; a longer chain is an attack on parsers like this one.
+pub const MAX_EXTENSION_HEADERS: usize = 8;
+
+/// Parses `frame` (Ethernet header first, no FCS). `inbound` sets
+/// [`FlowKey::INBOUND`]. Never panics, never reads past `frame`, never allocates.
+pub fn parse(frame: &[u8], inbound: bool) -> Parsed {
+    match parse_frame(frame, inbound) {
+        Ok(Some(info)) => Parsed::Ip(info),
+        Ok(None) => Parsed::NonIp,
+        Err(reason) => Parsed::Malformed(reason),
+    }
+}
+
+fn parse_frame(frame: &[u8], inbound: bool) -> Result<Option<PacketInfo>, MalformedReason> {
+    let eth = ethernet::Frame::new_checked(frame)?;
+    let mut ethertype = eth.ethertype();
+    let mut offset = ethernet::HEADER_LEN;
+    let mut vlan = FlowKey::NO_VLAN;
+    let mut outer_tag_offset = None;
+    for _ in 0..2 {
+        if ethertype != ethertype::VLAN && ethertype != ethertype::QINQ {
+            break;
+        }
+        let tag = vlan::Tag::new_checked(&frame[offset..])?;
+        if outer_tag_offset.is_none() {
+            // Offsets fit in u16: the parser never goes more than ~16 KiB deep.
+            outer_tag_offset = Some(offset as u16);
+            vlan = tag.vid();
+        }
+        ethertype = tag.ethertype();
+        offset += vlan::HEADER_LEN;
+    }
+
+    let mut info = PacketInfo {
+        key: FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            vlan,
+            protocol: 0,
+            flags: if inbound { FlowKey::INBOUND } else { 0 },
+        },
+        l3_offset: offset as u16,
+        outer_tag_offset,
+        l4_offset: None,
+        fragment: Fragment::None,
+        tcp_flags: 0,
+    };
+    let l3 = &frame[offset..];
+    let l4 = match ethertype {
+        ethertype::IPV4 => parse_ipv4(l3, &mut info)?,
+        ethertype::IPV6 => parse_ipv6(l3, &mut info)?,
+        _ => return Ok(None),
+    };
+    match l4 {
+        Some((l4_start, payload)) => {
+            info.l4_offset = Some((offset + l4_start) as u16);
+            parse_ports(payload, &mut info)?;
+        }
+        None => info.key.flags |= FlowKey::PORTS_UNKNOWN,
+    }
+    Ok(Some(info))
+}
+
+/// The version nibble, checked before anything else so that a packet of the
+/// wrong version is reported as such and not by some length it happens to have.
+#[inline]
+fn check_version(l3: &[u8], version: u8) -> Result<(), MalformedReason> {
+    match l3.first() {
+        None => Err(MalformedReason::Truncated),
+        Some(b) if b >> 4 != version => Err(MalformedReason::BadIpVersion),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Fills addresses, protocol and fragment. Returns the upper-layer header's
+/// offset from `l3` and the upper-layer bytes, or `None` for a non-first fragment.
+fn parse_ipv4<'a>(
+    l3: &'a [u8],
+    info: &mut PacketInfo,
+) -> Result<Option<(usize, &'a [u8])>, MalformedReason> {
+    check_version(l3, 4)?;
+    let ip = ipv4::Packet::new_checked(l3)?;
+    info.key.src[..4].copy_from_slice(&ip.src_addr());
+    info.key.dst[..4].copy_from_slice(&ip.dst_addr());
+    info.key.protocol = ip.protocol();
+    let id = u32::from(ip.ident());
+    if ip.frag_offset() != 0 {
+        info.fragment = Fragment::NonFirst { id };
+        return Ok(None);
+    }
+    if ip.more_frags() {
+        info.fragment = Fragment::First { id };
+    }
+    let header_len = ip.header_len();
+    let payload = &l3[header_len..usize::from(ip.total_len())];
+    Ok(Some((header_len, payload)))
+}
+
+/// As [`parse_ipv4`], walking the extension headers to the upper layer.
+fn parse_ipv6<'a>(
+    l3: &'a [u8],
+    info: &mut PacketInfo,
+) -> Result<Option<(usize, &'a [u8])>, MalformedReason> {
+    check_version(l3, 6)?;
+    let ip = ipv6::Packet::new_checked(l3)?;
+    info.key.src = ip.src_addr();
+    info.key.dst = ip.dst_addr();
+    info.key.flags |= FlowKey::IPV6;
+    // Each view below checks its own length against what is left, so `at` never
+    // passes the end of `payload` and the slicing cannot panic.
+    let payload = &l3[ipv6::HEADER_LEN..ipv6::HEADER_LEN + usize::from(ip.payload_len())];
+    let mut next = ip.next_header();
+    let mut at = 0;
+    let mut walked = 0;
+    loop {
+        let is_generic = matches!(
+            next,
+            protocol::HOPOPT | protocol::IPV6_ROUTE | protocol::IPV6_OPTS
+        );
+        if !is_generic && next != protocol::IPV6_FRAG {
+            break;
+        }
+        walked += 1;
+        if walked > MAX_EXTENSION_HEADERS {
+            return Err(MalformedReason::TooManyExtensionHeaders);
+        }
+        if is_generic {
+            let header = ipv6ext::Header::new_checked(&payload[at..])?;
+            next = header.next_header();
+            at += header.header_len();
+        } else {
+            let header = ipv6ext::FragmentHeader::new_checked(&payload[at..])?;
+            next = header.next_header();
+            at += header.header_len();
+            let id = header.ident();
+            if header.frag_offset() != 0 {
+                // What follows is the middle of a datagram, not headers.
+                info.key.protocol = next;
+                info.fragment = Fragment::NonFirst { id };
+                return Ok(None);
+            }
+            if header.more_frags() {
+                info.fragment = Fragment::First { id };
+            }
+        }
+    }
+    info.key.protocol = next;
+    Ok(Some((ipv6::HEADER_LEN + at, &payload[at..])))
+}
+
+/// Ports (and TCP flags) from the upper-layer header, for the protocols that
+/// have them.
+#[inline]
+fn parse_ports(l4: &[u8], info: &mut PacketInfo) -> Result<(), MalformedReason> {
+    let key = &mut info.key;
+    match key.protocol {
+        protocol::TCP => {
+            let tcp = tcp::Packet::new_checked(l4)?;
+            key.src_port = tcp.src_port();
+            key.dst_port = tcp.dst_port();
+            info.tcp_flags = tcp.flags();
+        }
+        protocol::UDP => {
+            let udp = udp::Packet::new_checked(l4)?;
+            key.src_port = udp.src_port();
+            key.dst_port = udp.dst_port();
+        }
+        protocol::SCTP => {
+            let sctp = sctp::Packet::new_checked(l4)?;
+            key.src_port = sctp.src_port();
+            key.dst_port = sctp.dst_port();
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
