@@ -32,7 +32,9 @@ pub mod vlan;
 mod testutil;
 
 pub use mark::{dscp, pcp, set_dscp, set_pcp};
-pub use parse::{parse, FlowKey, Fragment, MalformedReason, PacketInfo, Parsed};
+pub use parse::{
+    parse, FlowKey, Fragment, MalformedReason, PacketInfo, Parsed, MAX_EXTENSION_HEADERS,
+};
 
 /// Byte ranges of header fields, as in smoltcp: `Field` is a fixed-size field,
 /// `Rest` runs to the end of the header's buffer.
