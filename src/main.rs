@@ -2,6 +2,7 @@
 
 mod replay;
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,30 @@ fn main() -> ExitCode {
         Err(msg) => {
             eprintln!("qosgw: error: {msg}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads and compiles a policy file; warnings go to stderr, errors become one line (the
+/// first error, and how many more `qosgw policy check` would show).
+fn load_policies(path: &Path) -> Result<control::PolicyTable, String> {
+    match control::load_policy_file(path) {
+        Ok((table, warnings)) => {
+            for w in warnings {
+                eprintln!("qosgw: warning: {w}");
+            }
+            Ok(table)
+        }
+        Err(errors) => {
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            Err(match errors.len() {
+                0 | 1 => first,
+                n => format!(
+                    "{first} (and {} more: run `qosgw policy check {}`)",
+                    n - 1,
+                    path.display()
+                ),
+            })
         }
     }
 }

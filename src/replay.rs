@@ -11,6 +11,8 @@ use dataplane::counters::{sum, WorkerCounters};
 use dataplane::dpdk::Eal;
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
 use dataplane::pcap::{self, LINKTYPE_ETHERNET};
+use dataplane::pipeline::PipelineConfig;
+use dataplane::policy_set::{PolicyStats, Publisher};
 use dataplane::worker::StopWhen;
 use serde_json::json;
 
@@ -40,8 +42,7 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> Result<(), String> {
     let frames = check_input(&args.input)?;
     check_output(&args.output)?;
-    std::fs::read(&args.policies)
-        .map_err(|e| format!("cannot read policy file {}: {e}", args.policies.display()))?;
+    let table = crate::load_policies(&args.policies)?;
     if args.workers != 1 {
         return Err("replay runs one worker for now (--workers 1)".into());
     }
@@ -65,15 +66,23 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         ports: ["net_pcap0".into(), "net_pcap1".into()],
         workers: args.workers,
         mbufs: 16383,
+        data_room: GatewayConfig::JUMBO_DATA_ROOM,
+        pipeline: PipelineConfig::defaults(eal.tsc_hz()),
     };
-    let gateway = Gateway::new(&eal, &cfg).map_err(|e| e.to_string())?;
+    let publisher = Publisher::new(table, args.workers);
+    let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let stop = StopWhen::Received {
         frames,
         flag: Arc::new(AtomicBool::new(false)),
     };
     let report = gateway.run(stop).map_err(|e| e.to_string())?;
-    let summary = Summary::new(&report, started.elapsed().as_secs_f64());
+    let summary = Summary::new(
+        &report,
+        &publisher,
+        eal.tsc_hz(),
+        started.elapsed().as_secs_f64(),
+    );
     if args.json {
         println!("{}", summary.json());
     } else {
@@ -118,6 +127,33 @@ fn vdev_path(path: &Path) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// One policy's line of the summary.
+struct PolicyLine {
+    name: String,
+    flows: u64,
+    packets: u64,
+    bytes: u64,
+    marked: u64,
+    delayed: u64,
+    dropped: u64,
+    rate_bps: u64,
+}
+
+impl PolicyLine {
+    fn new(s: &PolicyStats, tsc_hz: u64) -> PolicyLine {
+        PolicyLine {
+            name: s.name.clone(),
+            flows: s.total(|c| &c.flows),
+            packets: s.total(|c| &c.packets),
+            bytes: s.total(|c| &c.bytes),
+            marked: s.total(|c| &c.marked),
+            delayed: s.total(|c| &c.delayed),
+            dropped: s.total(|c| &c.dropped),
+            rate_bps: s.rate_bps(tsc_hz),
+        }
+    }
+}
+
 /// What replay prints at the end.
 struct Summary {
     rx_packets: u64,
@@ -126,12 +162,20 @@ struct Summary {
     non_ip: u64,
     malformed: u64,
     elapsed_s: f64,
+    policies: Vec<PolicyLine>,
 }
 
 impl Summary {
-    fn new(report: &RunReport, elapsed_s: f64) -> Summary {
+    fn new(report: &RunReport, publisher: &Publisher, tsc_hz: u64, elapsed_s: f64) -> Summary {
         let w = report.workers.iter().map(|c| &**c);
         let total = |f: fn(&WorkerCounters) -> u64| sum(w.clone(), f);
+        // In file order, as the operator wrote them.
+        let set = publisher.current();
+        let policies = set
+            .actions
+            .iter()
+            .map(|a| PolicyLine::new(&a.stats, tsc_hz))
+            .collect();
         Summary {
             rx_packets: total(|c| c.rx_packets[0].get() + c.rx_packets[1].get()),
             tx_packets: total(|c| c.tx_packets[0].get() + c.tx_packets[1].get()),
@@ -139,10 +183,21 @@ impl Summary {
             non_ip: total(|c| c.non_ip_packets.get()),
             malformed: total(WorkerCounters::malformed_total),
             elapsed_s,
+            policies,
         }
     }
 
     fn json(&self) -> serde_json::Value {
+        let policies: Vec<_> = self
+            .policies
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name, "flows": p.flows, "packets": p.packets, "bytes": p.bytes,
+                    "marked": p.marked, "delayed": p.delayed, "dropped": p.dropped, "rate_bps": p.rate_bps,
+                })
+            })
+            .collect();
         json!({
             "rx_packets": self.rx_packets,
             "tx_packets": self.tx_packets,
@@ -150,14 +205,14 @@ impl Summary {
             "non_ip_packets": self.non_ip,
             "malformed_packets": self.malformed,
             "elapsed_s": self.elapsed_s,
-            "policies": [],
+            "policies": policies,
         })
     }
 
     fn table(&self, input: &Path, output: &Path) -> String {
-        format!(
+        let mut t = format!(
             "replayed {} -> {} in {:.3} s\n\
-             frames: {} received, {} sent; {} unmatched, {} non-IP, {} malformed\n",
+             frames: {} received, {} sent; {} unmatched, {} non-IP, {} malformed\n\n",
             input.display(),
             output.display(),
             self.elapsed_s,
@@ -166,6 +221,42 @@ impl Summary {
             self.unmatched,
             self.non_ip,
             self.malformed
-        )
+        );
+        let width = self
+            .policies
+            .iter()
+            .map(|p| p.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        t += &format!(
+            "{:<width$} {:>7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>12}\n",
+            "policy", "flows", "packets", "bytes", "marked", "delayed", "dropped", "rate"
+        );
+        for p in &self.policies {
+            t += &format!(
+                "{:<width$} {:>7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>12}\n",
+                p.name,
+                p.flows,
+                p.packets,
+                p.bytes,
+                p.marked,
+                p.delayed,
+                p.dropped,
+                human_rate(p.rate_bps)
+            );
+        }
+        t
+    }
+}
+
+/// 20000000 → "20.00 Mb/s".
+fn human_rate(bps: u64) -> String {
+    match bps {
+        0 => "-".to_owned(),
+        b if b >= 1_000_000_000 => format!("{:.2} Gb/s", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.2} Mb/s", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.2} kb/s", b as f64 / 1e3),
+        b => format!("{b} b/s"),
     }
 }

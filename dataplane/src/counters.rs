@@ -45,9 +45,38 @@ impl Gauge {
     }
 }
 
-/// Why a frame was malformed, as counted (SPEC §6 `qosgw_malformed_packets_total{reason}`).
-/// The dataplane's parser maps its reasons onto these slots.
-pub const MALFORMED_REASONS: usize = 8;
+/// Slots of `malformed_packets`: the parser's reasons (`wire::MalformedReason as usize`),
+/// then the frames too big for one mbuf segment.
+pub const MALFORMED_REASONS: usize = 6;
+pub const MALFORMED_OVERSIZED: usize = 5;
+
+/// The `reason` label of each `malformed_packets` slot.
+pub fn malformed_label(slot: usize) -> &'static str {
+    match crate::wire::MalformedReason::ALL.get(slot) {
+        Some(r) => r.label(),
+        None => "oversized",
+    }
+}
+
+/// Why a flow left the cache (SPEC §6 `qosgw_flow_cache_evictions_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    Idle = 0,
+    Full = 1,
+    TcpClose = 2,
+}
+
+impl Eviction {
+    pub const ALL: [Eviction; 3] = [Eviction::Idle, Eviction::Full, Eviction::TcpClose];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Eviction::Idle => "idle",
+            Eviction::Full => "full",
+            Eviction::TcpClose => "tcp_close",
+        }
+    }
+}
 
 /// Everything one worker counts.
 #[derive(Debug, Default)]
@@ -64,6 +93,11 @@ pub struct WorkerCounters {
     pub non_ip_packets: Counter,
     pub unmatched_packets: Counter,
     pub malformed_packets: [Counter; MALFORMED_REASONS],
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_entries: Gauge,
+    /// Indexed by [`Eviction`].
+    pub evictions: [Counter; 3],
     pub polls: Counter,
     pub busy_polls: Counter,
 }

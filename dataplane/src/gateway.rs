@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use crate::counters::WorkerCounters;
-use crate::dpdk::{DpdkError, Eal, Mempool, Port, PortStats};
-use crate::pipeline::{Pipeline, Side};
+use crate::dpdk::{DpdkError, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN};
+use crate::pipeline::{Pipeline, PipelineConfig, Side};
+use crate::policy_set::Publisher;
 use crate::worker::{StopWhen, Worker, WorkerQueues};
 
 /// Which devices to use and how many workers.
@@ -16,6 +17,16 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// Mbufs in the packet pool (shared by all ports and workers).
     pub mbufs: u32,
+    /// Bytes of packet data per mbuf. [`GatewayConfig::JUMBO_DATA_ROOM`] keeps every frame
+    /// up to MAX_FRAME_LEN in one segment; a smaller room saves memory where frames are
+    /// known to be small (benchmarks).
+    pub data_room: u16,
+    pub pipeline: PipelineConfig,
+}
+
+impl GatewayConfig {
+    /// Room for a jumbo frame plus DPDK's default headroom.
+    pub const JUMBO_DATA_ROOM: u16 = MAX_FRAME_LEN as u16 + 128;
 }
 
 /// What a finished run leaves behind for reporting.
@@ -35,7 +46,11 @@ pub struct Gateway<'e> {
 
 impl<'e> Gateway<'e> {
     /// Opens both ports with one RX/TX queue pair per worker and builds the workers.
-    pub fn new(eal: &'e Eal, cfg: &GatewayConfig) -> Result<Gateway<'e>, DpdkError> {
+    pub fn new(
+        eal: &'e Eal,
+        cfg: &GatewayConfig,
+        policies: &Arc<Publisher>,
+    ) -> Result<Gateway<'e>, DpdkError> {
         if cfg.workers == 0 {
             return Err(DpdkError::new("workers", "at least one worker is needed"));
         }
@@ -51,7 +66,13 @@ impl<'e> Gateway<'e> {
         }
         let queues =
             u16::try_from(cfg.workers).map_err(|_| DpdkError::new("workers", "too many"))?;
-        let pool = Arc::new(Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, 2048 + 128)?);
+        let pool = Arc::new(Mempool::new(
+            eal,
+            "qosgw_pkts",
+            cfg.mbufs,
+            256,
+            cfg.data_room,
+        )?);
         let inside = Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
         let outside = Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
 
@@ -62,13 +83,17 @@ impl<'e> Gateway<'e> {
             .into_iter()
             .zip(inside.tx)
             .zip(outside.rx.into_iter().zip(outside.tx));
-        for ((rx_i, tx_i), (rx_o, tx_o)) in queues {
+        for (id, ((rx_i, tx_i), (rx_o, tx_o))) in queues.enumerate() {
             let c = Arc::new(WorkerCounters::default());
             let q = WorkerQueues {
                 rx: [rx_i, rx_o],
                 tx: [tx_i, tx_o],
             };
-            workers.push(Worker::new(q, Pipeline::new(c.clone()), eal.tsc_hz()));
+            workers.push(Worker::new(
+                q,
+                Pipeline::new(id, cfg.pipeline, policies.subscribe(), c.clone()),
+                eal.tsc_hz(),
+            ));
             counters.push(c);
         }
         Ok(Gateway {

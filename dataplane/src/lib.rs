@@ -5,8 +5,11 @@
 //! ports and mbufs) and the worker loop built on it need DPDK.
 
 pub mod counters;
+pub mod flow_cache;
+pub mod fragments;
 pub mod pcap;
 pub mod pipeline;
+pub mod policy_set;
 pub mod shaper;
 pub mod synth;
 pub mod wire;

@@ -59,16 +59,17 @@ impl Worker {
         let mut last_drain = tsc();
         let mut received = 0u64;
         loop {
+            let now = tsc();
+            self.pipeline.housekeeping(now);
             let mut got = 0;
             for side in Side::BOTH {
-                got += self.poll(side);
+                got += self.poll(side, now);
             }
             received += got as u64;
             self.counters.polls.inc();
             if got > 0 {
                 self.counters.busy_polls.inc();
             }
-            let now = tsc();
             if now.wrapping_sub(last_drain) >= self.drain_cycles {
                 self.flush_all();
                 last_drain = now;
@@ -88,7 +89,7 @@ impl Worker {
 
     /// Receives one burst on `side` and processes it; returns how many frames came.
     #[inline]
-    fn poll(&mut self, side: Side) -> usize {
+    fn poll(&mut self, side: Side, now: u64) -> usize {
         let n = self.queues.rx[side.index()].rx_burst(&mut self.burst);
         if n == 0 {
             return 0;
@@ -99,7 +100,14 @@ impl Worker {
             let len = m.pkt_len();
             counters.rx_packets[side.index()].inc();
             counters.rx_bytes[side.index()].add(u64::from(len));
-            match self.pipeline.process(m.data_mut(), len, side) {
+            // Frames bigger than a segment (over MAX_FRAME_LEN) are not parsed: counted as
+            // oversized and handled like malformed ones.
+            let verdict = if m.is_contiguous() {
+                self.pipeline.process(m.data_mut(), side, now)
+            } else {
+                self.pipeline.oversized()
+            };
+            match verdict {
                 Verdict::Forward => {
                     self.tx_buf[out].push(m);
                     if self.tx_buf[out].len() == BURST {
