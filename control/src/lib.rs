@@ -10,6 +10,7 @@ pub mod diag;
 pub mod json;
 pub mod parse;
 pub mod policy;
+mod serialize;
 pub mod table;
 
 use std::path::Path;

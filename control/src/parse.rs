@@ -102,22 +102,23 @@ pub fn parse_policy_list(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diag
     let mut policies = Vec::new();
     let mut first_use: HashMap<String, Pos> = HashMap::new();
     for (i, item) in items.into_iter().flatten().enumerate() {
-        let Some((policy, name_pos)) = parse_policy(file, i + 1, item, &mut errors) else {
-            continue;
-        };
-        if let Some(first) = first_use.get(&policy.name) {
-            errors.push(Diagnostic::error(
-                file,
-                name_pos,
-                format!(
-                    "policy \"{}\": name: duplicate; already used by the policy at line {}, and names must be unique",
-                    policy.name, first.line
-                ),
-            ));
-        } else {
-            first_use.insert(policy.name.clone(), name_pos);
+        let (policy, name) = parse_policy(file, i + 1, item, &mut errors);
+        // Names must be unique even among policies with other errors.
+        if let Some((name, pos)) = name {
+            if let Some(first) = first_use.get(&name) {
+                errors.push(Diagnostic::error(
+                    file,
+                    pos,
+                    format!(
+                        "policy \"{name}\": name: duplicate; already used by the policy at line {}, and names must be unique",
+                        first.line
+                    ),
+                ));
+            } else {
+                first_use.insert(name, pos);
+            }
         }
-        policies.push(policy);
+        policies.extend(policy);
     }
     if errors.is_empty() {
         Ok(policies)
@@ -127,14 +128,15 @@ pub fn parse_policy_list(file: &str, text: &str) -> Result<Vec<Policy>, Vec<Diag
     }
 }
 
-/// Parses one policy object (number `index`, 1-based). Returns the policy and
-/// the position of its name if it has no errors; pushes its errors otherwise.
+/// Parses one policy object (number `index`, 1-based), pushing its errors.
+/// Returns the policy if it has none, and its name and the name's position
+/// if the name is valid.
 fn parse_policy(
     file: &str,
     index: usize,
     item: &Spanned,
     errors: &mut Vec<Diagnostic>,
-) -> Option<(Policy, Pos)> {
+) -> (Option<Policy>, Option<(String, Pos)>) {
     let Value::Object(members) = &item.value else {
         errors.push(Diagnostic::error(
             file,
@@ -144,7 +146,7 @@ fn parse_policy(
                 item.value.kind()
             ),
         ));
-        return None;
+        return (None, None);
     };
     let errors_before = errors.len();
     let mut fields: HashMap<&str, &Member> = HashMap::new();
@@ -290,15 +292,16 @@ fn parse_policy(
         }
     }
 
+    let named = name.map(|n| (n, name_pos));
     if errors.len() > errors_before {
-        return None;
+        return (None, named);
     }
     policy.throttle = rate.map(|rate_bps| Throttle {
         rate_bps,
         scope: scope.unwrap_or_default(),
         burst_bytes: burst.unwrap_or_else(|| default_burst(rate_bps)),
     });
-    Some((policy, name_pos))
+    (Some(policy), named)
 }
 
 fn family(p: &Prefix) -> &'static str {
@@ -569,7 +572,7 @@ pub fn parse_rate_str(s: &str) -> Result<u64, String> {
             "{s:?} is not a whole number of bits per second; {RATE_ALLOWED}"
         ));
     }
-    check_rate(scaled / scale, s)
+    check_rate(scaled / scale, &format!("{s:?}"))
 }
 
 fn check_rate(bps: u128, shown: &str) -> Result<u64, String> {
@@ -665,3 +668,6 @@ mod tests {
         assert!(!unknown_field("zzzzzzz").contains("did you mean"));
     }
 }
+
+#[cfg(test)]
+mod file_tests;
