@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use clap::Args;
 use dataplane::counters::{sum, WorkerCounters};
+use dataplane::distribute::worker_for;
 use dataplane::dpdk::Eal;
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
-use dataplane::pcap::{self, LINKTYPE_ETHERNET};
+use dataplane::pcap::{self, Capture, Record, LINKTYPE_ETHERNET};
 use dataplane::pipeline::PipelineConfig;
 use dataplane::policy_set::{PolicyStats, Publisher};
 use dataplane::worker::StopWhen;
@@ -40,28 +41,16 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: &ReplayArgs) -> Result<(), String> {
-    let frames = check_input(&args.input)?;
+    let input = check_input(&args.input)?;
     check_output(&args.output)?;
     let table = crate::load_policies(&args.policies)?;
-    if args.workers != 1 {
-        return Err("replay runs one worker for now (--workers 1)".into());
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
     }
     let _ = args.max_delay_ms;
+    let files = WorkerFiles::new(args, input)?;
 
-    let eal_args = vec![
-        "--no-huge".to_owned(),
-        "-m".to_owned(),
-        "512".to_owned(),
-        "--no-shconf".to_owned(),
-        "--no-pci".to_owned(),
-        "--no-telemetry".to_owned(),
-        "--log-level=error".to_owned(),
-        "-l".to_owned(),
-        format!("0-{}", args.workers - 1),
-        format!("--vdev=net_pcap0,rx_pcap={}", vdev_path(&args.input)?),
-        format!("--vdev=net_pcap1,tx_pcap={}", vdev_path(&args.output)?),
-    ];
-    let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
+    let eal = Eal::init(&eal_args(args.workers, &files)?).map_err(|e| e.to_string())?;
     let cfg = GatewayConfig {
         ports: ["net_pcap0".into(), "net_pcap1".into()],
         workers: args.workers,
@@ -72,17 +61,20 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     let publisher = Publisher::new(table, args.workers);
     let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let stop = StopWhen::Received {
-        frames,
-        flag: Arc::new(AtomicBool::new(false)),
-    };
-    let report = gateway.run(stop).map_err(|e| e.to_string())?;
-    let summary = Summary::new(
-        &report,
-        &publisher,
-        eal.tsc_hz(),
-        started.elapsed().as_secs_f64(),
-    );
+    let flag = Arc::new(AtomicBool::new(false));
+    let stops = files
+        .frames
+        .iter()
+        .map(|&frames| StopWhen::Received {
+            frames,
+            flag: flag.clone(),
+        })
+        .collect();
+    let report = gateway.run(stops).map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed().as_secs_f64();
+    files.merge_outputs(&args.output)?;
+
+    let summary = Summary::new(&report, &publisher, eal.tsc_hz(), elapsed);
     if args.json {
         println!("{}", summary.json());
     } else {
@@ -91,9 +83,111 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// EAL arguments for replay: no hugepages, no PCI, one lcore per worker (spread over the
+/// machine's CPUs), and net_pcap devices with one rx_pcap (inside) and one tx_pcap
+/// (outside) per worker.
+fn eal_args(workers: usize, files: &WorkerFiles) -> Result<Vec<String>, String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lcores: Vec<String> = (0..workers).map(|l| format!("{l}@{}", l % cpus)).collect();
+    let mut inside = "--vdev=net_pcap0".to_owned();
+    for f in &files.inputs {
+        inside += &format!(",rx_pcap={}", vdev_path(f)?);
+    }
+    let mut outside = "--vdev=net_pcap1".to_owned();
+    for f in &files.outputs {
+        outside += &format!(",tx_pcap={}", vdev_path(f)?);
+    }
+    Ok(vec![
+        "--no-huge".into(),
+        "-m".into(),
+        "512".into(),
+        "--no-shconf".into(),
+        "--no-pci".into(),
+        "--no-telemetry".into(),
+        "--log-level=error".into(),
+        format!("--lcores={}", lcores.join(",")),
+        inside,
+        outside,
+    ])
+}
+
+/// The capture files each worker reads and writes. With one worker these are the user's
+/// files; with several, the input is split by flow hash (every flow on one worker, as RSS
+/// would do) into a scratch directory, and the workers' outputs are merged by transmit time.
+struct WorkerFiles {
+    inputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
+    frames: Vec<u64>,
+    scratch: Option<PathBuf>,
+}
+
+impl WorkerFiles {
+    fn new(args: &ReplayArgs, input: Capture) -> Result<WorkerFiles, String> {
+        if args.workers == 1 {
+            return Ok(WorkerFiles {
+                inputs: vec![args.input.clone()],
+                outputs: vec![args.output.clone()],
+                frames: vec![input.records.len() as u64],
+                scratch: None,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("qosgw-replay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let mut files = WorkerFiles {
+            inputs: vec![],
+            outputs: vec![],
+            frames: vec![],
+            scratch: Some(dir.clone()),
+        };
+        let mut split: Vec<Vec<Record>> = vec![Vec::new(); args.workers];
+        for r in input.records {
+            split[worker_for(&r.data, false, args.workers)].push(r);
+        }
+        for (w, records) in split.iter().enumerate() {
+            let (i, o) = (
+                dir.join(format!("in{w}.pcap")),
+                dir.join(format!("out{w}.pcap")),
+            );
+            pcap::write_file(&i, input.nanosecond, records)
+                .map_err(|e| format!("cannot write {}: {e}", i.display()))?;
+            files.inputs.push(i);
+            files.outputs.push(o);
+            files.frames.push(records.len() as u64);
+        }
+        Ok(files)
+    }
+
+    /// Merges the workers' outputs into `output`, in transmit-time order.
+    fn merge_outputs(&self, output: &Path) -> Result<(), String> {
+        if self.scratch.is_none() {
+            return Ok(());
+        }
+        let mut all = Vec::new();
+        for o in &self.outputs {
+            all.extend(
+                pcap::read_file(o)
+                    .map_err(|e| format!("reading {}: {e}", o.display()))?
+                    .records,
+            );
+        }
+        all.sort_by_key(|r| r.ts_ns);
+        pcap::write_file(output, true, &all)
+            .map_err(|e| format!("cannot write output capture {}: {e}", output.display()))
+    }
+}
+
+impl Drop for WorkerFiles {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// Reads the input capture once before DPDK sees it, so that a missing, foreign or
-/// non-Ethernet file is one clear error. Returns the number of frames in it.
-fn check_input(path: &Path) -> Result<u64, String> {
+/// non-Ethernet file is one clear error.
+fn check_input(path: &Path) -> Result<Capture, String> {
     let cap =
         pcap::read_file(path).map_err(|e| format!("cannot replay {}: {e}", path.display()))?;
     if cap.link_type != LINKTYPE_ETHERNET {
@@ -104,7 +198,7 @@ fn check_input(path: &Path) -> Result<u64, String> {
             cap.link_type
         ));
     }
-    Ok(cap.records.len() as u64)
+    Ok(cap)
 }
 
 /// Creates (truncates) the output file now, so an unwritable path fails before DPDK starts.

@@ -115,23 +115,29 @@ impl<'e> Gateway<'e> {
     }
 
     /// Runs worker 0 on the calling (main) lcore and the others on the EAL's worker
-    /// lcores, until `stop` says so; then closes the ports (which flushes net_pcap files).
-    pub fn run(self, stop: StopWhen) -> Result<RunReport, DpdkError> {
+    /// lcores, each until its `stops` entry says so; then closes the ports (which flushes
+    /// net_pcap files).
+    pub fn run(self, mut stops: Vec<StopWhen>) -> Result<RunReport, DpdkError> {
         let Gateway {
             eal,
             ports,
             mut workers,
             counters,
         } = self;
+        assert_eq!(stops.len(), workers.len(), "one stop condition per worker");
         let lcores = eal.worker_lcores();
         let mut first = workers.remove(0);
+        let first_stop = stops.remove(0);
         let mut launched = Vec::new();
-        for (mut w, lcore) in workers.into_iter().zip(&lcores) {
-            let stop = stop.clone();
-            eal.launch(*lcore, move || w.run(&stop))?;
+        for ((mut w, stop), lcore) in workers.into_iter().zip(stops).zip(&lcores) {
+            if let Err(e) = eal.launch(*lcore, move || w.run(&stop)) {
+                first_stop.raise();
+                launched.iter().for_each(|&l| eal.wait(l));
+                return Err(e);
+            }
             launched.push(*lcore);
         }
-        first.run(&stop);
+        first.run(&first_stop);
         drop(first);
         for lcore in launched {
             eal.wait(lcore);

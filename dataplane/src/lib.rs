@@ -5,6 +5,7 @@
 //! ports and mbufs) and the worker loop built on it need DPDK.
 
 pub mod counters;
+pub mod distribute;
 pub mod flow_cache;
 pub mod fragments;
 pub mod pcap;

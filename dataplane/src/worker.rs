@@ -33,6 +33,17 @@ pub enum StopWhen {
     Received { frames: u64, flag: Arc<AtomicBool> },
 }
 
+impl StopWhen {
+    /// Ends every loop watching this condition's flag.
+    pub fn raise(&self) {
+        match self {
+            StopWhen::Flag(flag) | StopWhen::Received { flag, .. } => {
+                flag.store(true, Ordering::Relaxed)
+            }
+        }
+    }
+}
+
 pub struct Worker {
     queues: WorkerQueues,
     pipeline: Pipeline,
