@@ -6,16 +6,21 @@
 //!   [`PolicyTable`] plus warnings, or every error as a [`Diagnostic`].
 //! * [`PolicyTable::classify`]: which policy wins for a [`MatchKey`].
 
+pub mod check;
 pub mod diag;
+pub mod explain;
 pub mod json;
 pub mod parse;
 pub mod policy;
 mod serialize;
 pub mod table;
+pub mod warnings;
 
 use std::path::Path;
 
+pub use check::check;
 pub use diag::{Diagnostic, Severity};
+pub use explain::explain;
 pub use json::Pos;
 pub use policy::{
     Condition, Direction, MatchKey, Policy, PolicyDirection, PolicyId, PortRange, PrecedenceKey,
@@ -31,7 +36,8 @@ pub type LoadResult = Result<(PolicyTable, Vec<Diagnostic>), Vec<Diagnostic>>;
 pub fn parse_policies(file_name: &str, text: &str) -> LoadResult {
     let policies = parse::parse_policy_list(file_name, text)?;
     let table = PolicyTable::new(policies);
-    Ok((table, Vec::new()))
+    let warnings = warnings::warnings(file_name, &table);
+    Ok((table, warnings))
 }
 
 /// Reads, validates and compiles a policy file. A file that cannot be read

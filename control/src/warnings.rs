@@ -1,0 +1,224 @@
+//! Warnings about a valid policy set: conflicts and policies that can never
+//! win. Both checks are sound (a warning is always true) and cheap (about
+//! one classification per policy); the shadowing check is not complete.
+
+use std::collections::HashMap;
+
+use crate::diag::Diagnostic;
+use crate::explain::lost_at;
+use crate::policy::{Direction, MatchKey, Policy, PolicyDirection, PrecedenceKey, Prefix};
+use crate::table::PolicyTable;
+
+/// All warnings, sorted by position.
+pub fn warnings(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
+    let mut out = conflicts(file, table);
+    out.extend(shadowed(file, table));
+    out.sort_by_key(|d| d.pos);
+    out
+}
+
+/// Two policies conflict when they tie on the whole precedence key (so only
+/// file order decides) and some packet matches both. Reported once per
+/// later policy, naming the earliest policy it conflicts with.
+fn conflicts(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
+    // Equal keys have the same conditions present and the same prefix
+    // lengths, so overlapping prefixes are equal prefixes: group on them and
+    // compare only ports and directions within a group.
+    type Group = (
+        PrecedenceKey,
+        Option<Prefix>,
+        Option<Prefix>,
+        Option<u8>,
+        Option<u16>,
+    );
+    let mut groups: HashMap<Group, Vec<usize>> = HashMap::new();
+    for (i, p) in table.policies().iter().enumerate() {
+        let g = (
+            p.precedence_key(),
+            p.src_prefix,
+            p.dst_prefix,
+            p.protocol,
+            p.vlan,
+        );
+        groups.entry(g).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    let policies = table.policies();
+    for members in groups.values().filter(|m| m.len() > 1) {
+        for (n, &later) in members.iter().enumerate().skip(1) {
+            let b = &policies[later];
+            if let Some(&earlier) = members[..n].iter().find(|&&a| overlap(&policies[a], b)) {
+                let a = &policies[earlier];
+                out.push(Diagnostic::warning(
+                    file,
+                    b.location,
+                    format!(
+                        "policy \"{}\": conflicts with policy \"{}\" (line {}): equal precedence and specificity, and some traffic matches both; \"{}\" wins because it comes first in the file",
+                        b.name, a.name, a.location.line, a.name
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Whether policies with equal prefixes, protocol and VLAN share a packet.
+fn overlap(a: &Policy, b: &Policy) -> bool {
+    let dir = a.direction == PolicyDirection::Both
+        || b.direction == PolicyDirection::Both
+        || a.direction == b.direction;
+    let ports = |x: Option<crate::PortRange>, y: Option<crate::PortRange>| match (x, y) {
+        (Some(x), Some(y)) => x.overlaps(&y),
+        _ => true,
+    };
+    dir && ports(a.src_port, b.src_port) && ports(a.dst_port, b.dst_port)
+}
+
+/// Whether every packet `p` matches is also matched by `w`.
+fn covers(w: &Policy, p: &Policy) -> bool {
+    let dir = w.direction == PolicyDirection::Both || w.direction == p.direction;
+    let prefix = |wp: Option<Prefix>, pp: Option<Prefix>| match (wp, pp) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(wp), Some(pp)) => wp.covers(&pp),
+    };
+    // A port condition never matches a packet without ports, so `w` can only
+    // cover `p` on a side where `p` has a narrower port condition itself
+    // (which also restricts `p` to TCP, UDP and SCTP, like `w`).
+    let port = |wr: Option<crate::PortRange>, pr: Option<crate::PortRange>| match (wr, pr) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(wr), Some(pr)) => wr.covers(&pr),
+    };
+    dir && prefix(w.src_prefix, p.src_prefix)
+        && prefix(w.dst_prefix, p.dst_prefix)
+        && (w.protocol.is_none() || w.protocol == p.protocol)
+        && port(w.src_port, p.src_port)
+        && port(w.dst_port, p.dst_port)
+        && (w.vlan.is_none() || w.vlan == p.vlan)
+}
+
+/// A packet `p` matches that as few other policies as possible match: the
+/// first address of each prefix, port 0 (no port condition matches it) on a
+/// side without a port condition, protocol 255 (reserved) when any
+/// protocol is allowed, no VLAN tag unless required.
+fn corner(p: &Policy) -> MatchKey {
+    let v6 = p.src_prefix.or(p.dst_prefix).is_some_and(|x| !x.is_ipv4());
+    let unspecified = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let protocol = match (p.protocol, p.has_port_condition()) {
+        (Some(n), _) => n,
+        (None, true) => crate::policy::PROTO_TCP,
+        (None, false) => 255,
+    };
+    MatchKey {
+        direction: if p.direction == PolicyDirection::Inbound {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        },
+        vlan: p.vlan,
+        src: p.src_prefix.map_or(unspecified, |x| x.addr()),
+        dst: p.dst_prefix.map_or(unspecified, |x| x.addr()),
+        protocol,
+        ports: p.has_port_condition().then(|| {
+            (
+                p.src_port.map_or(0, |r| r.lo),
+                p.dst_port.map_or(0, |r| r.lo),
+            )
+        }),
+    }
+}
+
+/// A policy can never win if a policy that beats it matches all its
+/// traffic. Checked against the policy that wins at the policy's corner
+/// packet: sound, but a shadowing policy that does not win there is missed.
+fn shadowed(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (i, p) in table.policies().iter().enumerate() {
+        let key = corner(p);
+        debug_assert!(p.matches(&key));
+        let Some(w) = table.classify(&key) else {
+            continue;
+        };
+        if w as usize == i {
+            continue;
+        }
+        let wp = table.policy(w);
+        if covers(wp, p) {
+            out.push(Diagnostic::warning(
+                file,
+                p.location,
+                format!(
+                    "policy \"{}\": never wins: policy \"{}\" (line {}) matches all its traffic and beats it ({})",
+                    p.name,
+                    wp.name,
+                    wp.location.line,
+                    lost_at(wp, p)
+                ),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse_policies;
+
+    fn warnings(policies: &str) -> Vec<String> {
+        let text = format!("{{\"policies\": [\n{policies}\n]}}");
+        let (_, w) = parse_policies("w.json", &text).unwrap();
+        w.iter().map(|d| d.to_string()).collect()
+    }
+
+    #[test]
+    fn conflicts_are_ties_that_overlap() {
+        let w = warnings(
+            r#"{"name": "a", "dst_prefix": "10.2.0.0/16", "dst_port": "100-199", "dscp": 1},
+{"name": "b", "dst_prefix": "10.2.0.0/16", "dst_port": "150-249", "dscp": 2},
+{"name": "c", "dst_prefix": "10.2.0.0/16", "dst_port": "300-399", "dscp": 3},
+{"name": "d", "dst_prefix": "10.3.0.0/16", "dst_port": "100-199", "dscp": 4},
+{"name": "e", "direction": "inbound", "dst_prefix": "10.2.0.0/16", "dst_port": "100-199", "dscp": 5}"#,
+        );
+        assert_eq!(
+            w,
+            ["w.json:3:1: warning: policy \"b\": conflicts with policy \"a\" (line 2): equal precedence and specificity, and some traffic matches both; \"a\" wins because it comes first in the file"]
+        );
+    }
+
+    #[test]
+    fn shadowed_policies_are_found() {
+        let w = warnings(
+            r#"{"name": "all-web", "precedence": 200, "protocol": "tcp", "dst_port": "1-65535", "dscp": 1},
+{"name": "intranet-web", "dst_prefix": "10.0.0.0/8", "protocol": "tcp", "dst_port": 443, "dscp": 2},
+{"name": "dns", "protocol": "udp", "dst_port": 53, "dscp": 3},
+{"name": "dup", "protocol": "udp", "dst_port": 53, "dscp": 4},
+{"name": "tcp-any-port", "protocol": "tcp", "dscp": 5}"#,
+        );
+        assert_eq!(
+            w,
+            [
+                "w.json:3:1: warning: policy \"intranet-web\": never wins: policy \"all-web\" (line 2) matches all its traffic and beats it (step 1, precedence: 127 < 200)",
+                "w.json:5:1: warning: policy \"dup\": conflicts with policy \"dns\" (line 4): equal precedence and specificity, and some traffic matches both; \"dns\" wins because it comes first in the file",
+                "w.json:5:1: warning: policy \"dup\": never wins: policy \"dns\" (line 4) matches all its traffic and beats it (step 5, file order: equal to the winner on steps 1 to 4 and later in the file (line 5 vs 4); the two policies conflict)",
+            ]
+        );
+        // "tcp-any-port" is not shadowed by "all-web": it also matches TCP
+        // fragments whose ports are unknown.
+    }
+
+    #[test]
+    fn a_clean_file_has_no_warnings() {
+        let w = warnings(
+            r#"{"name": "voice", "protocol": "udp", "dst_port": "16384-32767", "dscp": 46},
+{"name": "backup", "dst_prefix": "10.20.0.0/16", "protocol": "tcp", "dst_port": 873, "dscp": 8},
+{"name": "web-default", "dst_port": 443, "dscp": 18}"#,
+        );
+        assert!(w.is_empty(), "{w:?}");
+    }
+}
