@@ -1,5 +1,6 @@
 //! `qosgw`: the command line (SPEC §4).
 
+mod policy_cmd;
 mod replay;
 
 use std::path::Path;
@@ -21,12 +22,16 @@ enum Command {
     /// Replay a capture through the real dataplane on DPDK net_pcap devices (no NIC, no
     /// hugepages) and print a per-policy summary. Every input frame is treated as outbound.
     Replay(replay::ReplayArgs),
+    /// Check a policy file, or explain which policy wins for a flow.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => replay::run(&args),
+        Command::Policy(cmd) => return policy_cmd::run(&cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
