@@ -1,5 +1,6 @@
 //! `qosgw`: the command line (SPEC §4).
 
+mod bench;
 mod policy_cmd;
 mod replay;
 
@@ -22,6 +23,9 @@ enum Command {
     /// Replay a capture through the real dataplane on DPDK net_pcap devices (no NIC, no
     /// hugepages) and print a per-policy summary. Every input frame is treated as outbound.
     Replay(replay::ReplayArgs),
+    /// Measure the full worker pipeline at full speed on two virtual ports replaying N
+    /// flows from memory, against M generated policies.
+    Bench(bench::BenchArgs),
     /// Check a policy file, or explain which policy wins for a flow.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
@@ -31,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => replay::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Policy(cmd) => return policy_cmd::run(&cmd),
     };
     match result {

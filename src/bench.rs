@@ -1,0 +1,340 @@
+//! `qosgw bench`: the full worker pipeline at full speed on two net_pcap ports that replay
+//! N distinct flows from memory (`infinite_rx=1`, TX dropped), matched against M generated
+//! policies. The same rig runs `dpdk-testpmd --forward-mode=io` in `scripts/bench`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use control::PolicyTable;
+use dataplane::counters::{sum, WorkerCounters};
+use dataplane::distribute::worker_for;
+use dataplane::dpdk::Eal;
+use dataplane::gateway::{Gateway, GatewayConfig};
+use dataplane::pcap::{self, Record};
+use dataplane::pipeline::PipelineConfig;
+use dataplane::policy_set::Publisher;
+use dataplane::synth::{Packet, L4, TCP_ACK};
+use dataplane::worker::StopWhen;
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Distinct flows (IPv4/IPv6, TCP/UDP), half arriving on each port.
+    #[arg(long, default_value_t = 10_000)]
+    flows: usize,
+    /// Generated policies (prefixes, ports and protocols that the flows match).
+    #[arg(long, default_value_t = 1_000)]
+    policies: usize,
+    /// Make the policies match none of the flows (the cost of being there).
+    #[arg(long)]
+    unmatched: bool,
+    /// Frame size in bytes (no FCS); frames whose headers are longer are as short as they can be.
+    #[arg(long, default_value_t = 60)]
+    pkt_size: usize,
+    /// Worker cores.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Flow cache capacity per worker (default: room for every flow). Smaller than the
+    /// number of flows makes every packet a new flow: the classification rate under churn.
+    #[arg(long)]
+    flow_capacity: Option<usize>,
+    /// Keep the generated capture files in DIR (for running testpmd on the same rig).
+    #[arg(long, value_name = "DIR")]
+    keep_files: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Servers the generated flows go to; policies name them.
+const SERVERS: usize = 1024;
+const PORTS: [u16; 5] = [443, 80, 5060, 873, 16384];
+
+/// What distinguishes generated flow `i`.
+struct FlowSpec {
+    v6: bool,
+    tcp: bool,
+    server: usize,
+    dst_port: u16,
+}
+
+/// A quarter each IPv4 UDP, IPv4 TCP, IPv6 UDP, IPv6 TCP, spread over the servers and ports.
+fn flow_spec(i: usize) -> FlowSpec {
+    FlowSpec {
+        v6: i % 4 >= 2,
+        tcp: i % 2 == 1,
+        server: (i / 4) % SERVERS,
+        dst_port: PORTS[(i / 4 / SERVERS) % PORTS.len()],
+    }
+}
+
+fn server_addr(k: usize, v6: bool, unmatched: bool) -> IpAddr {
+    // Unmatched policies name other networks than the flows use.
+    let net = if unmatched { 0x99 } else { 0x64 };
+    match v6 {
+        false => IpAddr::V4(Ipv4Addr::new(10, net, (k >> 8) as u8, k as u8)),
+        true => IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            u16::from(net),
+            0,
+            0,
+            0,
+            0,
+            k as u16,
+        )),
+    }
+}
+
+/// Flow `i`'s frame: a unique client address (it encodes `i`) talking to its server.
+fn flow_frame(i: usize, pkt_size: usize) -> Vec<u8> {
+    let f = flow_spec(i);
+    let src = if f.v6 {
+        IpAddr::V6(Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            1,
+            0,
+            0,
+            0,
+            (i >> 16) as u16,
+            i as u16,
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(0x0b00_0000 | (i as u32 & 0x00ff_ffff)))
+    };
+    let src_port = 1024 + (i % 50_000) as u16;
+    let l4 = if f.tcp {
+        L4::Tcp {
+            src: src_port,
+            dst: f.dst_port,
+            flags: TCP_ACK,
+        }
+    } else {
+        L4::Udp {
+            src: src_port,
+            dst: f.dst_port,
+        }
+    };
+    let headers = 14 + if f.v6 { 40 } else { 20 } + if f.tcp { 20 } else { 8 };
+    Packet::new(src, server_addr(f.server, f.v6, false), l4)
+        .payload(pkt_size.saturating_sub(headers))
+        .build()
+}
+
+/// `m` policies shaped like an operator's: each names a server (as a host, or its /24 or
+/// /120 every third policy), most a protocol, half a port, a few precedences. Policy j is
+/// modelled on flow j·7919 (a prime stride), so most flows have some policy to match.
+fn policies_json(m: usize, unmatched: bool) -> String {
+    let mut out = Vec::with_capacity(m);
+    for j in 0..m {
+        let f = flow_spec(j * 7919);
+        let addr = server_addr(f.server, f.v6, unmatched);
+        let prefix = match (j % 3 == 0, addr) {
+            (true, IpAddr::V4(a)) => format!("{}/24", Ipv4Addr::from(u32::from(a) & 0xffff_ff00)),
+            (true, IpAddr::V6(a)) => format!("{}/120", Ipv6Addr::from(u128::from(a) & !0xff)),
+            (false, a) => a.to_string(),
+        };
+        let mut p = format!(
+            r#"{{"name":"p{j}","dst_prefix":"{prefix}","dscp":{},"precedence":{}"#,
+            j % 64,
+            100 + j % 3
+        );
+        if j % 4 != 3 {
+            p += &format!(r#","protocol":"{}""#, if f.tcp { "tcp" } else { "udp" });
+        }
+        if j % 2 == 0 {
+            p += &format!(r#","dst_port":{}"#, f.dst_port);
+        }
+        out.push(p + "}");
+    }
+    format!("{{\"policies\":[{}]}}", out.join(",\n"))
+}
+
+fn policy_table(m: usize, unmatched: bool) -> Result<PolicyTable, String> {
+    control::parse_policies("generated", &policies_json(m, unmatched))
+        .map(|(t, _warnings)| t)
+        .map_err(|e| format!("generated policies are invalid: {}", e[0]))
+}
+
+pub fn run(args: &BenchArgs) -> Result<(), String> {
+    if args.flows < 2 || args.workers == 0 || args.seconds <= 0.0 {
+        return Err("need --flows >= 2, --workers >= 1 and --seconds > 0".into());
+    }
+    let table = policy_table(args.policies, args.unmatched)?;
+    let dir = match &args.keep_files {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("qosgw-bench-{}", std::process::id())),
+    };
+    let files = write_flow_files(&dir, args)?;
+    let result = measure(args, table, &files);
+    if args.keep_files.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+/// Flow i arrives on port i % 2 at the worker its hash picks: one capture per (port, worker).
+fn write_flow_files(dir: &Path, args: &BenchArgs) -> Result<[Vec<PathBuf>; 2], String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut split: [Vec<Vec<Record>>; 2] = [
+        vec![Vec::new(); args.workers],
+        vec![Vec::new(); args.workers],
+    ];
+    for i in 0..args.flows {
+        let data = flow_frame(i, args.pkt_size);
+        let side = i % 2;
+        let w = worker_for(&data, side == 1, args.workers);
+        split[side][w].push(Record {
+            ts_ns: i as u64 * 1000,
+            orig_len: data.len() as u32,
+            data,
+        });
+    }
+    let mut paths: [Vec<PathBuf>; 2] = [Vec::new(), Vec::new()];
+    for (side, per_worker) in split.iter().enumerate() {
+        for (w, records) in per_worker.iter().enumerate() {
+            if records.is_empty() {
+                return Err(format!("worker {w} got no flows; use more --flows"));
+            }
+            let p = dir.join(format!("flows-port{side}-q{w}.pcap"));
+            pcap::write_file(&p, false, records)
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+            paths[side].push(p);
+        }
+    }
+    Ok(paths)
+}
+
+fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> Result<(), String> {
+    // Every frame of the files stays in an mbuf (infinite_rx), plus the working set.
+    let frame_room = (args.pkt_size.max(74) + 63) / 64 * 64;
+    let data_room = (128 + frame_room) as u16;
+    let mbufs = (args.flows + 8192 * args.workers + 4096) as u32;
+    let mem_mb = 256 + (mbufs as usize * (data_room as usize + 256)) / (1 << 20);
+    let vdev = |port: usize| {
+        let queues: Vec<String> = files[port]
+            .iter()
+            .map(|p| format!("rx_pcap={}", p.display()))
+            .collect();
+        format!("--vdev=net_pcap{port},{},infinite_rx=1", queues.join(","))
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lcores: Vec<String> = (0..args.workers)
+        .map(|l| format!("{l}@{}", l % cpus))
+        .collect();
+    let eal_args = vec![
+        "--no-huge".to_owned(),
+        "-m".to_owned(),
+        mem_mb.to_string(),
+        "--no-shconf".to_owned(),
+        "--no-pci".to_owned(),
+        "--no-telemetry".to_owned(),
+        "--log-level=error".to_owned(),
+        format!("--lcores={}", lcores.join(",")),
+        vdev(0),
+        vdev(1),
+    ];
+    let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
+    let mut pipeline = PipelineConfig::defaults(eal.tsc_hz());
+    pipeline.flow_capacity = args.flow_capacity.unwrap_or(args.flows);
+    let cfg = GatewayConfig {
+        ports: ["net_pcap0".into(), "net_pcap1".into()],
+        workers: args.workers,
+        mbufs,
+        data_room,
+        pipeline,
+    };
+    let publisher = Publisher::new(table, args.workers);
+    let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
+    let flag = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let flag = flag.clone();
+        let secs = args.seconds;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            flag.store(true, Ordering::Relaxed);
+        })
+    };
+    let started = Instant::now();
+    let stops = (0..args.workers)
+        .map(|_| StopWhen::Flag(flag.clone()))
+        .collect();
+    let report = gateway.run(stops).map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = timer.join();
+
+    let w: Vec<&WorkerCounters> = report.workers.iter().map(|c| &**c).collect();
+    let packets_of = |c: &WorkerCounters| c.rx_packets[0].get() + c.rx_packets[1].get();
+    let per_worker: Vec<f64> = w
+        .iter()
+        .map(|c| packets_of(c) as f64 / elapsed / 1e6)
+        .collect();
+    let total = sum(w.iter().copied(), packets_of);
+    let hits = sum(w.iter().copied(), |c| c.cache_hits.get());
+    let misses = sum(w.iter().copied(), |c| c.cache_misses.get());
+    let flows_seen = sum(w.iter().copied(), |c| c.cache_entries.get());
+    let mpps = total as f64 / elapsed / 1e6;
+    let ns_per_packet = elapsed * 1e9 * args.workers as f64 / total.max(1) as f64;
+    let hit_ratio = hits as f64 / (hits + misses).max(1) as f64;
+    let unmatched = sum(w.iter().copied(), |c| c.unmatched_packets.get());
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "mpps": mpps, "mpps_per_worker": per_worker, "ns_per_packet": ns_per_packet,
+                "hit_ratio": hit_ratio, "flows_seen": flows_seen, "flows": args.flows,
+                "policies": args.policies, "workers": args.workers, "packets": total,
+                "unmatched_packets": unmatched, "misses": misses, "seconds": elapsed,
+            })
+        );
+    } else {
+        println!(
+            "{} flows, {} policies, {} worker(s), {:.1} s: {:.2} Mpps ({}), {:.1} ns/packet, \
+             flow-cache hit ratio {:.4}, {} flows seen, {} packets unmatched",
+            args.flows,
+            args.policies,
+            args.workers,
+            elapsed,
+            mpps,
+            per_worker
+                .iter()
+                .map(|m| format!("{m:.2}"))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            ns_per_packet,
+            hit_ratio,
+            flows_seen,
+            unmatched
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_flows_are_distinct_and_policies_valid_and_matching() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..5000 {
+            assert!(
+                seen.insert(flow_frame(i, 60)),
+                "flow {i} repeats an earlier one"
+            );
+        }
+        assert_eq!(flow_frame(0, 60).len(), 60);
+        assert_eq!(flow_frame(0, 1514).len(), 1514);
+        let t = policy_table(1000, false).unwrap();
+        assert_eq!(t.len(), 1000);
+        assert!(policy_table(1000, true).is_ok());
+    }
+}
