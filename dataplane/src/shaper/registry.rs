@@ -205,10 +205,22 @@ impl WorkerShapers {
         }
     }
 
-    /// Retire idle `host` and `flow` instances, looking at up to `budget` slots of each
-    /// table. Call it a little every loop iteration. Returns how many were retired.
-    pub fn retire_idle(&mut self, now: u64, budget: usize) -> usize {
-        self.hosts.retire_idle(now, budget) + self.flows.retire_idle(now, budget)
+    /// Start loading the `host` or `flow` instance `hint` points to (see
+    /// [`ShaperTable::prefetch`]); `policy` shapers need none.
+    #[inline]
+    pub fn prefetch(&self, shaper: &PolicyShaper, hint: ShaperHint) {
+        match shaper {
+            PolicyShaper::Policy { .. } => {}
+            PolicyShaper::Host { .. } => self.hosts.prefetch(hint),
+            PolicyShaper::Flow { .. } => self.flows.prefetch(hint),
+        }
+    }
+
+    /// Retire `host` and `flow` instances whose bucket was full at `idle_since`, looking at
+    /// up to `budget` slots of each table (see [`ShaperTable::retire_idle`]). Call it a
+    /// little every loop iteration, e.g. with `now − tsc_hz`. Returns how many were retired.
+    pub fn retire_idle(&mut self, idle_since: u64, budget: usize) -> usize {
+        self.hosts.retire_idle(idle_since, budget) + self.flows.retire_idle(idle_since, budget)
     }
 
     /// Live `host` instances.
