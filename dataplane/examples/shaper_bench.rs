@@ -226,6 +226,41 @@ fn shaped_policy() -> f64 {
     t.elapsed().as_nanos() as f64 / PACKETS as f64
 }
 
+/// `threads` workers scheduling on one shared `policy` shaper at once (schedule only, no
+/// wheel): ns per packet as each worker sees it, i.e. wall time / packets per worker.
+fn policy_contended(threads: usize) -> f64 {
+    let bps = (TSC_HZ as u128 * 789 * 8 / STEP as u128 * 5 / 4) as u64;
+    let cfg = ShaperConfig::new(Rate::new(bps, TSC_HZ).unwrap(), 0, u64::MAX);
+    let shared = Arc::new(SharedShaper::new(cfg));
+    let per_thread = PACKETS / 2;
+    let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let mut h = SharedShaperHandle::new(Arc::clone(&shared));
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x5eed + t as u64);
+                let mut now = 1u64 << 40;
+                let mut delayed = 0u64;
+                barrier.wait();
+                for _ in 0..per_thread {
+                    if let Decision::At(_) = h.schedule(now, len_of(rng.next())) {
+                        delayed += 1;
+                    }
+                    now += STEP * threads as u64;
+                }
+                black_box(delayed);
+            })
+        })
+        .collect();
+    barrier.wait();
+    let t = Instant::now();
+    for w in workers {
+        w.join().unwrap();
+    }
+    t.elapsed().as_nanos() as f64 / per_thread as f64
+}
+
 /// Achieved/configured for 1 s of packets offered back to back at twice the rate, released
 /// by a wheel polled every µs, fitted between the 10th and 90th percentile delayed packet.
 fn accuracy(bps: u64, len: u32) -> f64 {
@@ -300,6 +335,18 @@ fn main() {
     }
     let policy = (0..3).map(|_| shaped_policy()).fold(f64::MAX, f64::min);
     println!("| policy (atomic, 1 worker) | 1 | | {policy:.1} | | |");
+    println!();
+    println!(
+        "## policy scope: one atomic clock, schedule only (no wheel), ns per packet per worker"
+    );
+    println!("| workers | ns |");
+    println!("|---:|---:|");
+    for threads in [1, 2] {
+        let ns = (0..3)
+            .map(|_| policy_contended(threads))
+            .fold(f64::MAX, f64::min);
+        println!("| {threads} | {ns:.1} |");
+    }
     println!();
     println!("## accuracy: achieved / configured");
     println!("| rate | 64 B | 1514 B |");
