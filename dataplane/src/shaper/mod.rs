@@ -17,7 +17,7 @@
 //!
 //! In the worker: `match shapers.schedule(..) { Now => tx, At(t) => wheel.insert(mbuf, t),
 //! Drop => free and count }`, and every loop iteration `wheel.pop_due(now, tx)` and
-//! `shapers.retire_idle(now, budget)`.
+//! `shapers.retire_idle(now - tsc_hz, budget)`.
 
 mod edt;
 mod rate;

@@ -4,12 +4,14 @@
 //! * `policy` scope: one [`SharedShaper`] per policy, shared by every worker, because the
 //!   policy's flows are spread over workers and SPEC §5 wants the aggregate held. Its clock
 //!   is one atomic (see `shared.rs`); each worker keeps only its fraction-of-a-cycle carry.
-//! * `host` scope: per worker, in a [`ShaperTable`] keyed by (policy, inside address). A
-//!   shared table of millions of atomics would cost every packet a contended cache line;
-//!   instead the dispatch (RSS or the software spread) must send all flows of one inside
+//! * `host` scope: per worker, in a [`ShaperTable`] keyed by (policy, inside address).
+//!   Sharing millions of instances between workers would put a concurrent hash map and an
+//!   atomic on every packet's path; instead the dispatch (RSS or the software spread) must send all flows of one inside
 //!   address to one worker, e.g. by hashing on the inside address only. Where it does not,
 //!   each worker holds the host to the full rate on its own share of the flows.
 //! * `flow` scope: per worker, keyed by (policy, flow hash): a flow lives on one worker.
+//!   (A flow-cache entry could also hold its [`ShaperState`](super::ShaperState) inline,
+//!   16 bytes, which saves the table's cache miss; the table keeps the scopes uniform.)
 //!
 //! The control thread owns a [`ShaperRegistry`] and, at each (re)load, asks it for a
 //! [`PolicyShaper`] per throttled policy; the compiled policy carries it to the workers.
@@ -205,10 +207,22 @@ impl WorkerShapers {
         }
     }
 
-    /// Retire idle `host` and `flow` instances, looking at up to `budget` slots of each
-    /// table. Call it a little every loop iteration. Returns how many were retired.
-    pub fn retire_idle(&mut self, now: u64, budget: usize) -> usize {
-        self.hosts.retire_idle(now, budget) + self.flows.retire_idle(now, budget)
+    /// Start loading the `host` or `flow` instance `hint` points to (see
+    /// [`ShaperTable::prefetch`]); `policy` shapers need none.
+    #[inline]
+    pub fn prefetch(&self, shaper: &PolicyShaper, hint: ShaperHint) {
+        match shaper {
+            PolicyShaper::Policy { .. } => {}
+            PolicyShaper::Host { .. } => self.hosts.prefetch(hint),
+            PolicyShaper::Flow { .. } => self.flows.prefetch(hint),
+        }
+    }
+
+    /// Retire `host` and `flow` instances whose bucket was full at `idle_since`, looking at
+    /// up to `budget` slots of each table (see [`ShaperTable::retire_idle`]). Call it a
+    /// little every loop iteration, e.g. with `now − tsc_hz`. Returns how many were retired.
+    pub fn retire_idle(&mut self, idle_since: u64, budget: usize) -> usize {
+        self.hosts.retire_idle(idle_since, budget) + self.flows.retire_idle(idle_since, budget)
     }
 
     /// Live `host` instances.

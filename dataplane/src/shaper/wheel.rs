@@ -16,8 +16,11 @@
 //! directly), and slots leave in increasing order. Packets of one flow, scheduled with
 //! increasing departures, therefore leave in the order they came.
 //!
-//! Items live in a slab of nodes linked by index; released nodes go on a free list, so
-//! once the slab has grown to the largest backlog seen nothing allocates.
+//! Each list is a vector. An emptied list's vector goes to a pool of spares that the next
+//! list to fill takes from, so the wheel's memory grows to what its load needs (vectors in
+//! use at once × their largest fill) and then stops allocating; and cascading or releasing a list reads
+//! memory in order, which matters with hundreds of thousands of packets parked (a linked
+//! list of nodes made each of those a cache miss).
 //!
 //! A slot is released once `now` has reached its start, so an item can leave up to one slot
 //! width before its exact departure time (never after, if the wheel is polled in time).
@@ -31,35 +34,24 @@ const WHEEL_BITS: u32 = LEVEL_BITS * LEVELS as u32;
 /// Slot numbers are capped here so that `slot + 1` never overflows (2⁶³ cycles are
 /// decades at any TSC frequency).
 const MAX_SLOT: u64 = u64::MAX >> 1;
-const NIL: u32 = u32::MAX;
 
-#[derive(Clone, Copy, Debug)]
-struct List {
-    head: u32,
-    tail: u32,
+struct Entry<T> {
+    slot: u64,
+    item: T,
 }
 
-impl List {
-    const EMPTY: List = List {
-        head: NIL,
-        tail: NIL,
-    };
-
-    fn is_empty(&self) -> bool {
-        self.head == NIL
-    }
-}
-
-struct Level {
-    lists: [List; SLOTS],
+struct Level<T> {
+    lists: Box<[Vec<Entry<T>>]>,
     occupied: [u64; SLOTS / 64],
 }
 
-impl Level {
-    const EMPTY: Level = Level {
-        lists: [List::EMPTY; SLOTS],
-        occupied: [0; SLOTS / 64],
-    };
+impl<T> Level<T> {
+    fn new() -> Level<T> {
+        Level {
+            lists: (0..SLOTS).map(|_| Vec::new()).collect(),
+            occupied: [0; SLOTS / 64],
+        }
+    }
 
     /// The first occupied index at or after `from` (which may be `SLOTS`).
     fn next_occupied(&self, from: usize) -> Option<usize> {
@@ -89,34 +81,27 @@ impl Level {
     }
 }
 
-struct Node<T> {
-    /// `Some` while the node is on a slot list, `None` on the free list.
-    item: Option<T>,
-    slot: u64,
-    next: u32,
-}
-
 /// A hierarchical timing wheel of `T` (the worker holds mbufs; tests hold integers).
 pub struct TimingWheel<T> {
     shift: u32,
     /// Every slot before `cur` has been released.
     cur: u64,
-    levels: Box<[Level; LEVELS]>,
-    overflow: List,
+    levels: [Level<T>; LEVELS],
+    overflow: Vec<Entry<T>>,
     /// The smallest slot on the overflow list, if any.
     overflow_min: u64,
-    overflow_len: usize,
     /// Items whose slot had already been released when they were inserted: they leave
     /// first at the next release, in insertion order.
-    due: List,
-    nodes: Vec<Node<T>>,
-    free: u32,
+    due: Vec<Entry<T>>,
+    /// Emptied vectors, capacity kept, for the next list to fill. Room for every list is
+    /// reserved up front, so recycling never allocates.
+    spare: Vec<Vec<Entry<T>>>,
     len: usize,
 }
 
 impl<T> TimingWheel<T> {
-    /// A wheel with slots of `2^slot_shift` cycles and room for `capacity` items before its
-    /// node slab has to grow.
+    /// A wheel with slots of `2^slot_shift` cycles; `capacity` items fit in the
+    /// list for past-due items before it grows (the other lists grow on first use).
     pub fn new(slot_shift: u32, capacity: usize) -> TimingWheel<T> {
         assert!(
             slot_shift < 48,
@@ -125,13 +110,11 @@ impl<T> TimingWheel<T> {
         TimingWheel {
             shift: slot_shift,
             cur: 0,
-            levels: Box::new([Level::EMPTY, Level::EMPTY, Level::EMPTY, Level::EMPTY]),
-            overflow: List::EMPTY,
+            levels: [Level::new(), Level::new(), Level::new(), Level::new()],
+            overflow: Vec::new(),
             overflow_min: MAX_SLOT,
-            overflow_len: 0,
-            due: List::EMPTY,
-            nodes: Vec::with_capacity(capacity),
-            free: NIL,
+            due: Vec::with_capacity(capacity),
+            spare: Vec::with_capacity(LEVELS * SLOTS + 1),
             len: 0,
         }
     }
@@ -141,7 +124,7 @@ impl<T> TimingWheel<T> {
     pub fn slot_shift_for(tsc_hz: u64, slot_ns: u64) -> u32 {
         let cycles = (tsc_hz as u128 * slot_ns as u128 / 1_000_000_000).max(1);
         let floor = 127 - cycles.leading_zeros();
-        // Round to the nearer power of two (compare with 2^floor × √2 ≈ 2^floor × 1.5).
+        // Round to the nearer power of two (compare with 2^floor × 1.5).
         let shift = if 2 * cycles >= 3u128 << floor {
             floor + 1
         } else {
@@ -170,29 +153,12 @@ impl<T> TimingWheel<T> {
     }
 
     /// Hold `item` until `departure` (TSC). A departure already past leaves at the next
-    /// release. O(1); allocates only when the backlog exceeds every earlier one.
+    /// release. O(1); allocates only when a list outgrows every load it had before.
+    #[inline]
     pub fn insert(&mut self, item: T, departure: u64) {
         let slot = (departure >> self.shift).min(MAX_SLOT);
-        let node = Node {
-            item: Some(item),
-            slot,
-            next: NIL,
-        };
-        let i = if self.free != NIL {
-            let i = self.free;
-            self.free = self.nodes[i as usize].next;
-            self.nodes[i as usize] = node;
-            i
-        } else {
-            let i = u32::try_from(self.nodes.len())
-                .ok()
-                .filter(|&i| i != NIL)
-                .expect("timing wheel holds at most 2^32 - 1 items");
-            self.nodes.push(node);
-            i
-        };
         self.len += 1;
-        self.place(i);
+        self.place(Entry { slot, item });
     }
 
     /// Release, in order, every item whose slot has started by `now`. Returns how many.
@@ -205,11 +171,9 @@ impl<T> TimingWheel<T> {
     pub fn pop_due_max(&mut self, now: u64, max: usize, mut out: impl FnMut(T)) -> usize {
         let target = (now >> self.shift).min(MAX_SLOT);
         let mut released = 0;
-        while released < max {
-            let Some(i) = pop_front(&mut self.due, &mut self.nodes) else {
-                break;
-            };
-            released += self.release_node(i, &mut out);
+        if !self.due.is_empty() {
+            released += release(&mut self.due, max, &mut out);
+            self.len -= released;
         }
         loop {
             if self.len == 0 {
@@ -217,7 +181,7 @@ impl<T> TimingWheel<T> {
                 self.cur = self.cur.max(target + 1);
                 return released;
             }
-            if self.cur > target {
+            if self.cur > target || released == max {
                 return released;
             }
             let idx = (self.cur & SLOT_MASK) as usize;
@@ -228,19 +192,22 @@ impl<T> TimingWheel<T> {
                     return released;
                 }
                 self.cur = slot;
-                released += self.release_slot(i, max - released, &mut out);
+                let n = release(&mut self.levels[0].lists[i], max - released, &mut out);
+                released += n;
+                self.len -= n;
                 if !self.levels[0].lists[i].is_empty() {
                     return released; // `max` reached
                 }
                 self.levels[0].clear(i);
+                recycle(&mut self.spare, &mut self.levels[0].lists[i]);
                 self.cur = slot + 1;
                 if self.cur & SLOT_MASK == 0 {
                     self.cascade();
                 }
             } else {
                 // Level 0 is empty to the end of its range: go to the next boundary at
-                // which a higher level has something to cascade.
-                // Skipping to just before it is free: every list passed on the way is empty.
+                // which a higher level has something to cascade. Skipping to just before
+                // it is free: every list passed on the way is empty.
                 let next = self.next_cascade();
                 debug_assert!(next > self.cur);
                 if next > target + 1 {
@@ -262,61 +229,34 @@ impl<T> TimingWheel<T> {
         n
     }
 
-    fn release_slot(&mut self, i: usize, max: usize, out: &mut impl FnMut(T)) -> usize {
-        let mut n = 0;
-        while n < max {
-            let Some(node) = pop_front(&mut self.levels[0].lists[i], &mut self.nodes) else {
-                break;
-            };
-            n += self.release_node(node, out);
+    /// Append `e` to the list its slot belongs to relative to `cur`.
+    #[inline]
+    fn place(&mut self, e: Entry<T>) {
+        if e.slot < self.cur {
+            self.due.push(e);
+            return;
         }
-        n
-    }
-
-    /// Hand node `i`'s item out and put the node on the free list.
-    fn release_node(&mut self, i: u32, out: &mut impl FnMut(T)) -> usize {
-        let node = &mut self.nodes[i as usize];
-        let item = node.item.take();
-        node.next = self.free;
-        self.free = i;
-        self.len -= 1;
-        debug_assert!(item.is_some(), "a listed node holds an item");
-        if let Some(item) = item {
-            out(item);
-        }
-        1
-    }
-
-    /// Append node `i` to the list its slot belongs to relative to `cur`.
-    fn place(&mut self, i: u32) {
-        let node = &mut self.nodes[i as usize];
-        node.next = NIL;
-        let slot = node.slot;
-        let differ = slot ^ self.cur;
-        let level = if slot < self.cur {
-            usize::MAX
-        } else if differ == 0 {
+        let differ = e.slot ^ self.cur;
+        let level = if differ == 0 {
             0
         } else {
             ((63 - differ.leading_zeros()) / LEVEL_BITS) as usize
         };
-        let list = if level == usize::MAX {
-            &mut self.due
-        } else if level < LEVELS {
-            let idx = ((slot >> (level as u32 * LEVEL_BITS)) & SLOT_MASK) as usize;
-            self.levels[level].set(idx);
-            &mut self.levels[level].lists[idx]
+        if level < LEVELS {
+            let idx = ((e.slot >> (level as u32 * LEVEL_BITS)) & SLOT_MASK) as usize;
+            let level = &mut self.levels[level];
+            level.set(idx);
+            let list = &mut level.lists[idx];
+            if list.capacity() == 0 {
+                if let Some(spare) = self.spare.pop() {
+                    *list = spare;
+                }
+            }
+            list.push(e);
         } else {
-            self.overflow_len += 1;
-            self.overflow_min = self.overflow_min.min(slot);
-            &mut self.overflow
-        };
-        if list.tail == NIL {
-            list.head = i;
-        } else {
-            self.nodes[list.tail as usize].next = i;
+            self.overflow_min = self.overflow_min.min(e.slot);
+            self.overflow.push(e);
         }
-        list.tail = i;
     }
 
     /// The first slot after `cur` at which a level ≥ 1 (or the overflow list) has a list
@@ -332,7 +272,7 @@ impl<T> TimingWheel<T> {
                 return (self.cur >> range << range) | (j as u64) << bits;
             }
         }
-        if self.overflow_len > 0 {
+        if !self.overflow.is_empty() {
             // Lies in a later level-3 range than `cur`, so this is a boundary after `cur`.
             return self.overflow_min >> WHEEL_BITS << WHEEL_BITS;
         }
@@ -342,11 +282,17 @@ impl<T> TimingWheel<T> {
     /// `cur` has just entered a new range at one or more levels: place those ranges' items
     /// again, highest level first so that each lands below before the lower list is taken.
     fn cascade(&mut self) {
-        if self.cur & ((1 << WHEEL_BITS) - 1) == 0 && self.overflow_len > 0 {
-            let list = std::mem::replace(&mut self.overflow, List::EMPTY);
-            self.overflow_len = 0;
+        if self.cur & ((1 << WHEEL_BITS) - 1) == 0 && !self.overflow.is_empty() {
+            let mut list = std::mem::take(&mut self.overflow);
             self.overflow_min = MAX_SLOT;
-            self.replace_list(list);
+            for e in list.drain(..) {
+                self.place(e);
+            }
+            // Keep the larger of the two allocations.
+            if list.capacity() > self.overflow.capacity() {
+                list.append(&mut self.overflow);
+                self.overflow = list;
+            }
         }
         for k in (1..LEVELS).rev() {
             let bits = k as u32 * LEVEL_BITS;
@@ -354,33 +300,35 @@ impl<T> TimingWheel<T> {
                 continue;
             }
             let idx = ((self.cur >> bits) & SLOT_MASK) as usize;
-            let list = std::mem::replace(&mut self.levels[k].lists[idx], List::EMPTY);
+            if self.levels[k].lists[idx].is_empty() {
+                continue;
+            }
+            // Items of this range land on lower levels, never back in this list.
+            let mut list = std::mem::take(&mut self.levels[k].lists[idx]);
             self.levels[k].clear(idx);
-            self.replace_list(list);
-        }
-    }
-
-    fn replace_list(&mut self, list: List) {
-        let mut i = list.head;
-        while i != NIL {
-            let next = self.nodes[i as usize].next;
-            self.place(i);
-            i = next;
+            for e in list.drain(..) {
+                self.place(e);
+            }
+            recycle(&mut self.spare, &mut list);
         }
     }
 }
 
-/// Unlink and return the first node of `list`.
-fn pop_front<T>(list: &mut List, nodes: &mut [Node<T>]) -> Option<u32> {
-    let head = list.head;
-    if head == NIL {
-        return None;
+/// Put an emptied list's vector on the spare pool (dropped only if the pool is full, which
+/// cannot happen: there are fewer lists than its reserved room).
+fn recycle<T>(spare: &mut Vec<Vec<Entry<T>>>, list: &mut Vec<Entry<T>>) {
+    if list.capacity() > 0 && spare.len() < spare.capacity() {
+        spare.push(std::mem::take(list));
     }
-    list.head = nodes[head as usize].next;
-    if list.head == NIL {
-        list.tail = NIL;
+}
+
+/// Hand out up to `max` items from the front of `list`, in order. Returns how many.
+fn release<T>(list: &mut Vec<Entry<T>>, max: usize, out: &mut impl FnMut(T)) -> usize {
+    let n = list.len().min(max);
+    for e in list.drain(..n) {
+        out(e.item);
     }
-    Some(head)
+    n
 }
 
 #[cfg(test)]
@@ -575,16 +523,35 @@ mod tests {
         assert_eq!(got, (0..11).collect::<Vec<_>>());
     }
 
+    fn capacity(w: &TimingWheel<u32>) -> usize {
+        let levels: usize = w
+            .levels
+            .iter()
+            .flat_map(|l| l.lists.iter())
+            .map(Vec::capacity)
+            .sum();
+        let spare: usize = w.spare.iter().map(Vec::capacity).sum();
+        levels + spare + w.overflow.capacity() + w.due.capacity()
+    }
+
     #[test]
-    fn nodes_are_reused_without_growth() {
+    fn lists_keep_their_capacity() {
         let mut w = TimingWheel::new(4, 64);
-        for round in 0..1_000u64 {
+        let mut after_warm_up = 0;
+        for round in 0..2_000u64 {
             for i in 0..64 {
-                w.insert(i, round * 10_000 + i as u64 * 50);
+                w.insert(i, round * 100_000 + i as u64 * 50 + 70_000);
             }
-            assert_eq!(w.pop_due(round * 10_000 + 9_999, |_| ()), 64);
+            assert_eq!(w.pop_due(round * 100_000 + 99_999, |_| ()), 64);
+            if round == 1_000 {
+                after_warm_up = capacity(&w);
+            }
         }
-        assert_eq!(w.nodes.capacity(), 64);
+        assert_eq!(
+            capacity(&w),
+            after_warm_up,
+            "steady state must not allocate"
+        );
     }
 
     #[test]
