@@ -215,7 +215,7 @@ fn write_flow_files(dir: &Path, args: &BenchArgs) -> Result<[Vec<PathBuf>; 2], S
 
 fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> Result<(), String> {
     // Every frame of the files stays in an mbuf (infinite_rx), plus the working set.
-    let frame_room = (args.pkt_size.max(74) + 63) / 64 * 64;
+    let frame_room = args.pkt_size.max(74).div_ceil(64) * 64;
     let data_room = (128 + frame_room) as u16;
     let mbufs = (args.flows + 8192 * args.workers + 4096) as u32;
     let mem_mb = 256 + (mbufs as usize * (data_room as usize + 256)) / (1 << 20);
