@@ -16,7 +16,7 @@ use dataplane::dpdk::Eal;
 use dataplane::gateway::{Gateway, GatewayConfig};
 use dataplane::pcap::{self, Record};
 use dataplane::pipeline::PipelineConfig;
-use dataplane::policy_set::Publisher;
+use dataplane::policy_set::{Publisher, ShaperSettings};
 use dataplane::synth::{Packet, L4, TCP_ACK};
 use dataplane::worker::StopWhen;
 use serde_json::json;
@@ -252,7 +252,11 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         data_room,
         pipeline,
     };
-    let publisher = Publisher::new(table, args.workers);
+    let settings = ShaperSettings {
+        tsc_hz: eal.tsc_hz(),
+        max_delay_cycles: u64::MAX,
+    };
+    let publisher = Publisher::new(table, args.workers, settings)?;
     let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
     let flag = Arc::new(AtomicBool::new(false));
     let timer = {

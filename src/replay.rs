@@ -13,7 +13,8 @@ use dataplane::dpdk::Eal;
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
 use dataplane::pcap::{self, Capture, Record, LINKTYPE_ETHERNET};
 use dataplane::pipeline::PipelineConfig;
-use dataplane::policy_set::{PolicyStats, Publisher};
+use dataplane::policy_set::{PolicyStats, Publisher, ShaperSettings};
+use dataplane::shaper::ShaperConfig;
 use dataplane::worker::StopWhen;
 use serde_json::json;
 
@@ -47,7 +48,6 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
-    let _ = args.max_delay_ms;
     let files = WorkerFiles::new(args, input)?;
 
     let eal = Eal::init(&eal_args(args.workers, &files)?).map_err(|e| e.to_string())?;
@@ -58,7 +58,15 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         data_room: GatewayConfig::JUMBO_DATA_ROOM,
         pipeline: PipelineConfig::defaults(eal.tsc_hz()),
     };
-    let publisher = Publisher::new(table, args.workers);
+    // The whole input is at hand: nothing is dropped for delay unless asked (SPEC §4).
+    let max_delay_cycles = args.max_delay_ms.map_or(u64::MAX, |ms| {
+        ShaperConfig::max_delay_cycles_from_ms(ms, eal.tsc_hz())
+    });
+    let settings = ShaperSettings {
+        tsc_hz: eal.tsc_hz(),
+        max_delay_cycles,
+    };
+    let publisher = Publisher::new(table, args.workers, settings)?;
     let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let flag = Arc::new(AtomicBool::new(false));

@@ -98,6 +98,11 @@ pub struct WorkerCounters {
     pub cache_entries: Gauge,
     /// Indexed by [`Eviction`].
     pub evictions: [Counter; 3],
+    /// Packets in the timing wheel, and their bytes.
+    pub shaper_backlog_packets: Gauge,
+    pub shaper_backlog_bytes: Gauge,
+    /// Shaped packets still held when `run` stopped: freed, counted here.
+    pub shaper_stop_dropped: Counter,
     pub polls: Counter,
     pub busy_polls: Counter,
 }

@@ -1,10 +1,14 @@
 //! Spreading flows over workers in software, for devices without RSS (net_pcap, net_tap).
 //!
-//! The worker is chosen from the IP addresses, protocol, VLAN and direction, not the
-//! ports: every fragment of a datagram (only the first carries ports) then lands on the
-//! same worker as its first fragment, as the fragment table needs, and every flow stays on
-//! one worker, so no flow is reordered. Frames that are not IP, or malformed, go to
-//! worker 0.
+//! The worker is chosen from the flow's *inside host* address alone (the source of
+//! outbound traffic, the destination of inbound traffic):
+//! * every flow stays on one worker, so no flow is reordered;
+//! * every fragment of a datagram (only the first carries ports) lands on the same worker
+//!   as its first fragment, as the fragment table needs;
+//! * every flow of one inside host lands on one worker, so `throttle_per: host` shapers,
+//!   which are per worker, hold each host to its rate exactly.
+//!
+//! Frames that are not IP, or malformed, go to worker 0.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -21,17 +25,11 @@ pub fn worker_for(frame: &[u8], inbound: bool, workers: usize) -> usize {
         return 0;
     };
     let k = info.key;
+    let inside_host = if k.is_inbound() { k.dst } else { k.src };
     // DefaultHasher::new() has fixed keys: the same frame goes to the same worker in
     // every run.
     let mut h = DefaultHasher::new();
-    (
-        k.src,
-        k.dst,
-        k.protocol,
-        k.vlan,
-        k.flags & !wire::FlowKey::PORTS_UNKNOWN,
-    )
-        .hash(&mut h);
+    inside_host.hash(&mut h);
     (h.finish() % workers as u64) as usize
 }
 
@@ -66,12 +64,28 @@ mod tests {
             .build();
             let w = worker_for(&a, false, 4);
             assert_eq!(w, worker_for(&a, false, 4), "deterministic");
-            assert_eq!(w, worker_for(&b, false, 4), "ports do not move a host pair");
+            assert_eq!(w, worker_for(&b, false, 4), "ports do not move a host");
+            let c = Packet::new(src, "198.51.100.9".parse().unwrap(), L4::Echo).build();
+            assert_eq!(w, worker_for(&c, false, 4), "nor another destination");
+            let back = Packet::new(
+                dst,
+                src,
+                L4::Udp {
+                    src: 2000,
+                    dst: 1000,
+                },
+            )
+            .build();
+            assert_eq!(
+                w,
+                worker_for(&back, true, 4),
+                "inbound follows its inside host"
+            );
             seen[w] += 1;
         }
         assert!(
             seen.iter().all(|&n| n > 20),
-            "200 host pairs spread over 4 workers: {seen:?}"
+            "200 hosts spread over 4 workers: {seen:?}"
         );
         assert_eq!(
             worker_for(

@@ -15,6 +15,7 @@ use hashbrown::hash_table::HashTable;
 use hashbrown::DefaultHashBuilder;
 
 use crate::counters::{Eviction, WorkerCounters};
+use crate::shaper::ShaperHint;
 use crate::wire::FlowKey;
 
 /// A flow's classification, as the pipeline stores it.
@@ -25,6 +26,10 @@ pub struct FlowEntry {
     /// The policy generation the flow was classified under; a different current
     /// generation means: classify again.
     pub generation: u64,
+    /// The flow's hash: names its `flow`-scope shaper.
+    pub hash: u64,
+    /// Where its shaper instance was last found (saves the shaper table a lookup).
+    pub shaper_hint: ShaperHint,
 }
 
 impl FlowEntry {
@@ -138,6 +143,8 @@ impl FlowCache {
             entry: FlowEntry {
                 policy: FlowEntry::NO_POLICY,
                 generation: FlowEntry::UNCLASSIFIED,
+                hash,
+                shaper_hint: ShaperHint::NONE,
             },
             last_seen: 0,
             referenced: false,
@@ -276,13 +283,8 @@ mod tests {
         e.policy = 7;
         e.generation = 1;
         for t in 1..5 {
-            assert_eq!(
-                *fc.lookup(&key(1), t, false),
-                FlowEntry {
-                    policy: 7,
-                    generation: 1
-                }
-            );
+            let e = *fc.lookup(&key(1), t, false);
+            assert_eq!((e.policy, e.generation), (7, 1));
         }
         assert_eq!((c.cache_misses.get(), c.cache_hits.get()), (1, 4));
         assert_eq!(c.cache_entries.get(), 1);

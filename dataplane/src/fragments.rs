@@ -28,6 +28,7 @@ struct DatagramKey {
 struct Slot {
     key: DatagramKey,
     policy: u32,
+    hash: u64,
     generation: u64,
 }
 
@@ -62,22 +63,24 @@ impl FragmentTable {
         self.hasher.hash_one(k) as usize % SLOTS
     }
 
-    /// Records the result for a first fragment.
-    pub fn remember(&mut self, key: &FlowKey, id: u32, policy: u32, generation: u64) {
+    /// Records the result (policy and flow hash) for a first fragment.
+    pub fn remember(&mut self, key: &FlowKey, id: u32, policy: u32, hash: u64, generation: u64) {
         let key = datagram(key, id);
         let i = self.index(&key);
         self.slots[i] = Some(Slot {
             key,
             policy,
+            hash,
             generation,
         });
     }
 
-    /// The result recorded for a non-first fragment's datagram under `generation`.
-    pub fn recall(&self, key: &FlowKey, id: u32, generation: u64) -> Option<u32> {
+    /// The policy and flow hash recorded for a non-first fragment's datagram under
+    /// `generation`.
+    pub fn recall(&self, key: &FlowKey, id: u32, generation: u64) -> Option<(u32, u64)> {
         let key = datagram(key, id);
         match self.slots[self.index(&key)] {
-            Some(s) if s.key == key && s.generation == generation => Some(s.policy),
+            Some(s) if s.key == key && s.generation == generation => Some((s.policy, s.hash)),
             _ => None,
         }
     }
@@ -99,14 +102,14 @@ mod tests {
             protocol: 17,
             flags: 0,
         };
-        t.remember(&first, 77, 3, 1);
+        t.remember(&first, 77, 3, 99, 1);
         let later = FlowKey {
             src_port: 0,
             dst_port: 0,
             flags: FlowKey::PORTS_UNKNOWN,
             ..first
         };
-        assert_eq!(t.recall(&later, 77, 1), Some(3));
+        assert_eq!(t.recall(&later, 77, 1), Some((3, 99)));
         assert_eq!(t.recall(&later, 78, 1), None, "another datagram");
         assert_eq!(
             t.recall(&later, 77, 2),

@@ -91,7 +91,13 @@ impl<'e> Gateway<'e> {
             };
             workers.push(Worker::new(
                 q,
-                Pipeline::new(id, cfg.pipeline, policies.subscribe(), c.clone()),
+                Pipeline::new(
+                    id,
+                    cfg.pipeline,
+                    policies.subscribe(),
+                    c.clone(),
+                    eal.tsc_hz(),
+                ),
                 eal.tsc_hz(),
             ));
             counters.push(c);

@@ -11,6 +11,7 @@ use crate::counters::WorkerCounters;
 use crate::flow_cache::{FlowCache, FlowEntry, Timeouts};
 use crate::fragments::FragmentTable;
 use crate::policy_set::{PolicySet, Subscriber};
+use crate::shaper::{Decision, ScopeKey, ShaperHint, WorkerShapers};
 use crate::wire::{self, FlowKey, Fragment, PacketInfo, Parsed};
 
 /// The port a frame arrived on. A bump in the wire sends it out of the other one.
@@ -56,6 +57,8 @@ impl Side {
 pub enum Verdict {
     /// Send it out of the other port now.
     Forward,
+    /// Send it out of the other port at this TSC time (its shaper's departure).
+    At(u64),
     /// Free it (already counted).
     Drop,
 }
@@ -97,6 +100,8 @@ pub struct Pipeline {
     policies: Subscriber,
     cache: FlowCache,
     fragments: FragmentTable,
+    shapers: WorkerShapers,
+    tsc_hz: u64,
 }
 
 impl Pipeline {
@@ -105,9 +110,14 @@ impl Pipeline {
         config: PipelineConfig,
         policies: Subscriber,
         counters: Arc<WorkerCounters>,
+        tsc_hz: u64,
     ) -> Self {
+        // Host and flow shaper instances: room for many before anything allocates.
+        let instances = config.flow_capacity.min(1 << 16);
         Pipeline {
             worker,
+            shapers: WorkerShapers::with_capacity(instances, instances),
+            tsc_hz,
             cache: FlowCache::new(config.flow_capacity, config.timeouts, counters.clone()),
             fragments: FragmentTable::default(),
             config,
@@ -125,6 +135,9 @@ impl Pipeline {
     pub fn housekeeping(&mut self, now: u64) {
         self.policies.refresh();
         self.cache.expire(now, EXPIRE_PER_LOOP);
+        // A shaper idle for a second has a full bucket: its state is not worth keeping.
+        self.shapers
+            .retire_idle(now.saturating_sub(self.tsc_hz), EXPIRE_PER_LOOP);
     }
 
     /// Processes one frame received on `side` at TSC time `now`. `frame` holds the whole
@@ -146,8 +159,19 @@ impl Pipeline {
                 };
             }
         };
-        let policy = self.classify(&info, now);
         let set = self.policies.set();
+        let mut fragment_hint = ShaperHint::NONE;
+        let (policy, hash, hint) = match classify(
+            &mut self.cache,
+            &mut self.fragments,
+            set,
+            self.worker,
+            &info,
+            now,
+        ) {
+            Classified::Flow(entry) => (entry.policy, entry.hash, &mut entry.shaper_hint),
+            Classified::Fragment { policy, hash } => (policy, hash, &mut fragment_hint),
+        };
         if policy == FlowEntry::NO_POLICY {
             self.counters.unmatched_packets.inc();
             if !self.config.trust_dscp && wire::dscp(frame, &info) != Some(0) {
@@ -157,8 +181,29 @@ impl Pipeline {
         }
         let actions = set.actions(policy);
         let counters = actions.stats.worker(self.worker);
+        let len = frame.len() as u32;
+        let verdict = match &actions.shaper {
+            None => Verdict::Forward,
+            Some(shaper) => {
+                let key = ScopeKey {
+                    host: inside_host(&info.key),
+                    flow: hash,
+                };
+                match self.shapers.schedule(shaper, &key, hint, now, len) {
+                    Decision::Now => Verdict::Forward,
+                    Decision::At(t) => {
+                        counters.delayed.inc();
+                        Verdict::At(t)
+                    }
+                    Decision::Drop => {
+                        counters.dropped.inc();
+                        return Verdict::Drop;
+                    }
+                }
+            }
+        };
         counters.packets.inc();
-        counters.bytes.add(frame.len() as u64);
+        counters.bytes.add(u64::from(len));
         if let Some(dscp) = actions.dscp {
             wire::set_dscp(frame, &info, dscp);
         }
@@ -168,8 +213,11 @@ impl Pipeline {
         if actions.dscp.is_some() || actions.pcp.is_some() {
             counters.marked.inc();
         }
-        counters.sent(now);
-        Verdict::Forward
+        counters.sent(match verdict {
+            Verdict::At(t) => t,
+            _ => now,
+        });
+        verdict
     }
 
     /// A frame that does not fit one mbuf segment: passed on (or dropped, per
@@ -183,41 +231,66 @@ impl Pipeline {
             Verdict::Forward
         }
     }
+}
 
-    /// The flow's policy: from the flow cache, classifying on a miss or after a reload;
-    /// non-first fragments follow their datagram's first fragment when it was seen.
-    #[inline]
-    fn classify(&mut self, info: &PacketInfo, now: u64) -> u32 {
-        let set = self.policies.set();
-        let generation = set.generation;
-        if let Fragment::NonFirst { id } = info.fragment {
-            if let Some(policy) = self.fragments.recall(&info.key, id, generation) {
-                return policy;
-            }
+/// Where a packet's classification came from.
+enum Classified<'a> {
+    /// The flow's cache entry (classified now if it was new or stale).
+    Flow(&'a mut FlowEntry),
+    /// A non-first fragment that follows its datagram's first fragment.
+    Fragment { policy: u32, hash: u64 },
+}
+
+/// The flow's policy: from the flow cache, classifying on a miss or after a reload;
+/// non-first fragments follow their datagram's first fragment when it was seen.
+#[inline]
+fn classify<'a>(
+    cache: &'a mut FlowCache,
+    fragments: &mut FragmentTable,
+    set: &PolicySet,
+    worker: usize,
+    info: &PacketInfo,
+    now: u64,
+) -> Classified<'a> {
+    let generation = set.generation;
+    if let Fragment::NonFirst { id } = info.fragment {
+        if let Some((policy, hash)) = fragments.recall(&info.key, id, generation) {
+            return Classified::Fragment { policy, hash };
         }
-        let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
-        let entry = self.cache.lookup(&info.key, now, closing);
-        if entry.generation != generation {
-            entry.policy = classify(set, &info.key);
-            entry.generation = generation;
-            if entry.policy != FlowEntry::NO_POLICY {
-                set.actions(entry.policy)
-                    .stats
-                    .worker(self.worker)
-                    .flows
-                    .inc();
-            }
+    }
+    let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
+    let entry = cache.lookup(&info.key, now, closing);
+    if entry.generation != generation {
+        entry.policy = first_packet(set, &info.key);
+        entry.generation = generation;
+        if entry.policy != FlowEntry::NO_POLICY {
+            set.actions(entry.policy).stats.worker(worker).flows.inc();
         }
-        let policy = entry.policy;
-        if let Fragment::First { id } = info.fragment {
-            self.fragments.remember(&info.key, id, policy, generation);
-        }
-        policy
+    }
+    if let Fragment::First { id } = info.fragment {
+        fragments.remember(&info.key, id, entry.policy, entry.hash, generation);
+    }
+    Classified::Flow(entry)
+}
+
+/// The inside host of a flow (its source when outbound, its destination when inbound),
+/// as `host`-scope shapers name it: IPv4 as `::ffff:a.b.c.d`.
+#[inline]
+fn inside_host(key: &FlowKey) -> [u8; 16] {
+    let addr = if key.is_inbound() { &key.dst } else { &key.src };
+    if key.is_ipv6() {
+        *addr
+    } else {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&addr[..4]);
+        mapped
     }
 }
 
 /// First-packet classification against the policy table.
-fn classify(set: &PolicySet, key: &FlowKey) -> u32 {
+fn first_packet(set: &PolicySet, key: &FlowKey) -> u32 {
     set.table
         .classify(&match_key(key))
         .unwrap_or(FlowEntry::NO_POLICY)

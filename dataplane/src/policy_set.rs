@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use control::{PolicyId, PolicyTable, Throttle};
+use control::{PolicyId, PolicyTable};
 
 use crate::counters::{Counter, Gauge};
+use crate::shaper::{PolicyShaper, ShaperConfig, ShaperRegistry};
 
 /// One policy's counters on one worker (single writer).
 #[derive(Debug, Default)]
@@ -40,13 +41,15 @@ pub struct PolicyCounters {
 }
 
 impl PolicyCounters {
-    /// Records a packet of `len` bytes leaving at TSC time `at`.
+    /// Records a packet leaving at TSC time `at` (now, or its shaped departure).
     #[inline]
     pub fn sent(&self, at: u64) {
         if self.first_tx.get() == 0 {
             self.first_tx.set(at);
         }
-        self.last_tx.set(at);
+        if at > self.last_tx.get() {
+            self.last_tx.set(at);
+        }
     }
 }
 
@@ -100,7 +103,8 @@ impl PolicyStats {
 pub struct Actions {
     pub dscp: Option<u8>,
     pub pcp: Option<u8>,
-    pub throttle: Option<Throttle>,
+    /// The policy's shaper, if it has a `throttle`.
+    pub shaper: Option<PolicyShaper>,
     pub stats: Arc<PolicyStats>,
 }
 
@@ -120,41 +124,65 @@ impl PolicySet {
     }
 }
 
+/// What the shapers of every published set are built with.
+#[derive(Debug, Clone, Copy)]
+pub struct ShaperSettings {
+    pub tsc_hz: u64,
+    /// SPEC §3 `shaper.max_delay_ms` in TSC cycles; `u64::MAX` for none (replay).
+    pub max_delay_cycles: u64,
+}
+
 /// Owned by the control side: publishes new sets and keeps the per-name registries.
-#[derive(Debug)]
 pub struct Publisher {
     current: Mutex<Arc<PolicySet>>,
     generation: AtomicU64,
     stats: Mutex<HashMap<String, Arc<PolicyStats>>>,
+    shapers: ShaperRegistry,
+    settings: ShaperSettings,
     workers: usize,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Publisher(generation {})", self.generation())
+    }
 }
 
 impl Publisher {
     /// Publishes `table` as generation 1 for `workers` workers.
-    pub fn new(table: PolicyTable, workers: usize) -> Arc<Publisher> {
-        let stats = Mutex::new(HashMap::new());
-        let set = Arc::new(build_set(
-            table,
-            1,
+    pub fn new(
+        table: PolicyTable,
+        workers: usize,
+        settings: ShaperSettings,
+    ) -> Result<Arc<Publisher>, String> {
+        let empty = PolicySet {
+            generation: 0,
+            table: PolicyTable::empty(),
+            actions: Vec::new(),
+        };
+        let p = Publisher {
+            current: Mutex::new(Arc::new(empty)),
+            generation: AtomicU64::new(0),
+            stats: Mutex::new(HashMap::new()),
+            shapers: ShaperRegistry::new(),
+            settings,
             workers,
-            &mut stats.lock().expect("fresh lock"),
-        ));
-        Arc::new(Publisher {
-            current: Mutex::new(set),
-            generation: AtomicU64::new(1),
-            stats,
-            workers,
-        })
+        };
+        p.publish(table)?;
+        Ok(Arc::new(p))
     }
 
     /// Publishes a new table; returns its generation. Existing flows are classified
-    /// again at their next packet.
-    pub fn publish(&self, table: PolicyTable) -> u64 {
+    /// again at their next packet; shaper state carries over by policy name. Fails (and
+    /// changes nothing) only if a throttle is outside what the shapers can hold.
+    pub fn publish(&self, table: PolicyTable) -> Result<u64, String> {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let set = {
             let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::new(build_set(table, generation, self.workers, &mut stats))
+            Arc::new(self.build_set(table, generation, &mut stats)?)
         };
+        self.shapers
+            .retain(set.table.policies().iter().map(|p| p.name.as_str()));
         // Build first, then swap: the lock is held only for the pointer store.
         let old = {
             let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,7 +191,7 @@ impl Publisher {
             old
         };
         drop(old);
-        generation
+        Ok(generation)
     }
 
     /// The set in force now.
@@ -187,38 +215,50 @@ impl Publisher {
         v
     }
 
+    fn build_set(
+        &self,
+        table: PolicyTable,
+        generation: u64,
+        registry: &mut HashMap<String, Arc<PolicyStats>>,
+    ) -> Result<PolicySet, String> {
+        let mut actions = Vec::with_capacity(table.len());
+        for p in table.policies() {
+            let shaper = match &p.throttle {
+                Some(t) => {
+                    let cfg = ShaperConfig::from_throttle(
+                        t,
+                        self.settings.tsc_hz,
+                        self.settings.max_delay_cycles,
+                    )
+                    .map_err(|e| format!("policy \"{}\": throttle: {e}", p.name))?;
+                    Some(self.shapers.shaper_for(&p.name, t.scope, cfg))
+                }
+                None => None,
+            };
+            let stats = registry
+                .entry(p.name.clone())
+                .or_insert_with(|| Arc::new(PolicyStats::new(&p.name, self.workers)))
+                .clone();
+            actions.push(Actions {
+                dscp: p.dscp,
+                pcp: p.priority_8021p,
+                shaper,
+                stats,
+            });
+        }
+        Ok(PolicySet {
+            generation,
+            table,
+            actions,
+        })
+    }
+
     /// A worker's view, starting at the current set.
     pub fn subscribe(self: &Arc<Self>) -> Subscriber {
         Subscriber {
             publisher: self.clone(),
             set: self.current(),
         }
-    }
-}
-
-fn build_set(
-    table: PolicyTable,
-    generation: u64,
-    workers: usize,
-    registry: &mut HashMap<String, Arc<PolicyStats>>,
-) -> PolicySet {
-    let actions = table
-        .policies()
-        .iter()
-        .map(|p| Actions {
-            dscp: p.dscp,
-            pcp: p.priority_8021p,
-            throttle: p.throttle,
-            stats: registry
-                .entry(p.name.clone())
-                .or_insert_with(|| Arc::new(PolicyStats::new(&p.name, workers)))
-                .clone(),
-        })
-        .collect();
-    PolicySet {
-        generation,
-        table,
-        actions,
     }
 }
 
@@ -259,17 +299,25 @@ mod tests {
 
     #[test]
     fn workers_pick_up_a_new_generation_and_counters_survive_by_name() {
+        let settings = ShaperSettings {
+            tsc_hz: 1_000_000_000,
+            max_delay_cycles: u64::MAX,
+        };
         let p = Publisher::new(
             table(r#"{"policies":[{"name":"a","dscp":10},{"name":"b","dscp":20}]}"#),
             2,
-        );
+            settings,
+        )
+        .unwrap();
         let mut sub = p.subscribe();
         assert_eq!(sub.set().generation, 1);
         sub.set().actions(0).stats.worker(1).packets.add(5);
 
-        let g = p.publish(table(
-            r#"{"policies":[{"name":"b","dscp":30},{"name":"a","dscp":12}]}"#,
-        ));
+        let g = p
+            .publish(table(
+                r#"{"policies":[{"name":"b","dscp":30},{"name":"a","dscp":12}]}"#,
+            ))
+            .unwrap();
         assert_eq!(g, 2);
         assert_eq!(
             sub.set().generation,

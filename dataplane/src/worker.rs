@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::counters::WorkerCounters;
 use crate::dpdk::{tsc, Mbuf, RxQueue, TxQueue};
 use crate::pipeline::{Pipeline, Side, Verdict};
+use crate::shaper::TimingWheel;
 
 /// Frames taken from a queue at a time, and the TX buffer size.
 pub const BURST: usize = 32;
@@ -44,12 +45,24 @@ impl StopWhen {
     }
 }
 
+/// A shaped packet waiting in the timing wheel for its departure.
+struct Parked {
+    mbuf: Mbuf,
+    /// The side it leaves on.
+    out: u8,
+}
+
+/// Width of a timing-wheel slot: pacing is exact to this (a few µs, DESIGN.md step 4).
+const WHEEL_SLOT_NS: u64 = 2_000;
+
 pub struct Worker {
     queues: WorkerQueues,
     pipeline: Pipeline,
     counters: Arc<WorkerCounters>,
     burst: Vec<Mbuf>,
     tx_buf: [Vec<Mbuf>; 2],
+    wheel: TimingWheel<Parked>,
+    backlog_bytes: u64,
     drain_cycles: u64,
 }
 
@@ -61,11 +74,19 @@ impl Worker {
             pipeline,
             burst: Vec::with_capacity(BURST),
             tx_buf: [Vec::with_capacity(BURST), Vec::with_capacity(BURST)],
+            wheel: TimingWheel::new(
+                TimingWheel::<Parked>::slot_shift_for(tsc_hz, WHEEL_SLOT_NS),
+                4096,
+            ),
+            backlog_bytes: 0,
             drain_cycles: tsc_hz * DRAIN_US / 1_000_000,
         }
     }
 
-    /// Polls until `stop` says so, then flushes what it holds.
+    /// Polls until `stop` says so, then flushes what it holds. Packets still held by the
+    /// shapers are sent at their departure times when the stop is [`StopWhen::Received`]
+    /// (replay: the loop goes on until the wheel is empty), and freed and counted when it
+    /// is the flag (`run` stopping on a signal).
     pub fn run(&mut self, stop: &StopWhen) {
         let mut last_drain = tsc();
         let mut received = 0u64;
@@ -77,6 +98,10 @@ impl Worker {
                 got += self.poll(side, now);
             }
             received += got as u64;
+            if self.release_due(now) > 0 {
+                // Shaped packets leave as close to their departure time as the loop allows.
+                self.flush_all();
+            }
             self.counters.polls.inc();
             if got > 0 {
                 self.counters.busy_polls.inc();
@@ -88,7 +113,7 @@ impl Worker {
             let done = match stop {
                 StopWhen::Flag(flag) => flag.load(Ordering::Relaxed),
                 StopWhen::Received { frames, flag } => {
-                    received >= *frames || flag.load(Ordering::Relaxed)
+                    (received >= *frames && self.wheel.is_empty()) || flag.load(Ordering::Relaxed)
                 }
             };
             if done {
@@ -96,6 +121,35 @@ impl Worker {
             }
         }
         self.flush_all();
+        let counters = &self.counters;
+        let dropped = self.wheel.drain_all(drop);
+        counters.shaper_stop_dropped.add(dropped as u64);
+        self.backlog_bytes = 0;
+        counters.shaper_backlog_packets.set(0);
+        counters.shaper_backlog_bytes.set(0);
+    }
+
+    /// Moves the shaped packets whose departure has come to the TX buffers; returns how
+    /// many.
+    #[inline]
+    fn release_due(&mut self, now: u64) -> usize {
+        if self.wheel.is_empty() {
+            return 0;
+        }
+        let (tx_buf, queues, counters) = (&mut self.tx_buf, &mut self.queues, &*self.counters);
+        let mut bytes = 0u64;
+        let n = self.wheel.pop_due(now, |p| {
+            let out = usize::from(p.out);
+            bytes += u64::from(p.mbuf.pkt_len());
+            tx_buf[out].push(p.mbuf);
+            if tx_buf[out].len() == BURST {
+                flush(&mut queues.tx[out], &mut tx_buf[out], counters, out);
+            }
+        });
+        self.backlog_bytes -= bytes;
+        counters.shaper_backlog_packets.set(self.wheel.len() as u64);
+        counters.shaper_backlog_bytes.set(self.backlog_bytes);
+        n
     }
 
     /// Receives one burst on `side` and processes it; returns how many frames came.
@@ -129,6 +183,16 @@ impl Worker {
                             out,
                         );
                     }
+                }
+                Verdict::At(departure) => {
+                    self.backlog_bytes += u64::from(len);
+                    self.wheel.insert(
+                        Parked {
+                            mbuf: m,
+                            out: out as u8,
+                        },
+                        departure,
+                    );
                 }
                 Verdict::Drop => drop(m),
             }
