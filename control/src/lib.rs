@@ -65,6 +65,8 @@ pub mod parse;
 pub mod policy;
 mod serialize;
 pub mod table;
+#[cfg(test)]
+mod testgen;
 pub mod warnings;
 
 use std::path::Path;
