@@ -3,8 +3,59 @@
 //! tests without DPDK.
 //!
 //! * [`parse_policies`] / [`load_policy_file`]: text or file → a
-//!   [`PolicyTable`] plus warnings, or every error as a [`Diagnostic`].
-//! * [`PolicyTable::classify`]: which policy wins for a [`MatchKey`].
+//!   [`PolicyTable`] plus warnings, or every error as a [`Diagnostic`]
+//!   (`FILE:LINE:COLUMN: policy "NAME": field: what is wrong and what is
+//!   allowed`).
+//! * [`PolicyTable::classify`]: which policy wins for a [`MatchKey`]
+//!   (`&self`, no allocation, no lock; share the table with an `Arc`).
+//!
+//! # Calling `policy check` and `policy explain` from the CLI
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! // qosgw policy check FILE
+//! let (code, lines) = control::check(Path::new("policies.json"));
+//! for line in &lines {
+//!     if code == 0 { println!("{line}") } else { eprintln!("{line}") }
+//! }
+//! std::process::exit(code);
+//! ```
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! // qosgw policy explain FILE --proto tcp --src 10.1.2.3:40000
+//! //     --dst [2001:db8::1]:443 [--vlan N] [--direction inbound]
+//! let vlan: Option<u16> = None;
+//! let direction: Option<&str> = None; // "outbound" (default) or "inbound"
+//! match control::explain(Path::new("policies.json"), "tcp", "10.1.2.3:40000",
+//!                        "10.1.2.4:443", vlan, direction) {
+//!     Ok(text) => print!("{text}"), // first line: `winner: NAME` or `winner: none`
+//!     Err(e) => {
+//!         eprintln!("{e}"); // one line per problem (bad argument or file errors)
+//!         std::process::exit(1);
+//!     }
+//! }
+//! ```
+//!
+//! `--src`/`--dst` take `IP` or `IP:PORT`, IPv6 with a port as
+//! `[2001:db8::1]:443`. For a protocol with ports, a side without `:PORT`
+//! gets port 0 (no port condition matches it); with neither side given, the
+//! ports count as unknown (as for a non-first fragment).
+//!
+//! # Choices the SPEC leaves open
+//!
+//! * Throttle strings may have a fraction and a space (`"1.5Gbps"`,
+//!   `"2.5 MBps"`); `k`/`M`/`G` are decimal in either case; the result must
+//!   be a whole number of bit/s from 8000 to 400 Gbps.
+//! * `burst` is an integer number of bytes from 1514 (one full frame) to
+//!   10^9.
+//! * Ports may be written as numbers or strings (`443`, `"443"`,
+//!   `"5000-5100"`); protocol names are case-insensitive; `both` is `any`
+//!   (SPEC §2).
+//! * Columns count characters, not bytes; a tab is one column.
+//! * An empty `policies` array is valid.
 
 pub mod check;
 pub mod diag;
@@ -14,6 +65,8 @@ pub mod parse;
 pub mod policy;
 mod serialize;
 pub mod table;
+#[cfg(test)]
+mod testgen;
 pub mod warnings;
 
 use std::path::Path;

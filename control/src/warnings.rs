@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use crate::diag::Diagnostic;
 use crate::explain::lost_at;
-use crate::policy::{Direction, MatchKey, Policy, PolicyDirection, PrecedenceKey, Prefix};
+use crate::policy::{
+    Direction, MatchKey, Policy, PolicyDirection, PolicyId, PrecedenceKey, Prefix,
+};
 use crate::table::PolicyTable;
 
 /// All warnings, sorted by position.
@@ -140,16 +142,8 @@ fn corner(p: &Policy) -> MatchKey {
 fn shadowed(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (i, p) in table.policies().iter().enumerate() {
-        let key = corner(p);
-        debug_assert!(p.matches(&key));
-        let Some(w) = table.classify(&key) else {
-            continue;
-        };
-        if w as usize == i {
-            continue;
-        }
-        let wp = table.policy(w);
-        if covers(wp, p) {
+        if let Some(w) = shadowing(table, i) {
+            let wp = table.policy(w);
             out.push(Diagnostic::warning(
                 file,
                 p.location,
@@ -166,9 +160,57 @@ fn shadowed(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
     out
 }
 
+/// The policy that matches all of policy `i`'s traffic and beats it, if the
+/// winner at `i`'s corner packet is one.
+fn shadowing(table: &PolicyTable, i: usize) -> Option<PolicyId> {
+    let p = &table.policies()[i];
+    let key = corner(p);
+    debug_assert!(p.matches(&key));
+    let w = table.classify(&key)?;
+    (w as usize != i && covers(table.policy(w), p)).then_some(w)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::shadowing;
     use crate::parse_policies;
+    use crate::policy::{Direction, Policy, PolicyDirection};
+    use crate::table::PolicyTable;
+    use crate::testgen::{aim_at, random_key, random_policy, Rng};
+
+    #[test]
+    fn property_never_wins_warnings_are_true() {
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let mut found = 0;
+        for _ in 0..150 {
+            let n = rng.pick(&[5usize, 20, 60]);
+            let policies: Vec<Policy> = (0..n).map(|i| random_policy(&mut rng, i)).collect();
+            let table = PolicyTable::new(policies);
+            for (i, p) in table.policies().iter().enumerate() {
+                let Some(w) = shadowing(&table, i) else {
+                    continue;
+                };
+                found += 1;
+                for _ in 0..200 {
+                    let mut k = random_key(&mut rng, &[]);
+                    aim_at(&mut rng, p, &mut k);
+                    k.direction = match p.direction {
+                        PolicyDirection::Inbound => Direction::Inbound,
+                        PolicyDirection::Outbound => Direction::Outbound,
+                        PolicyDirection::Both => k.direction,
+                    };
+                    if p.vlan.is_some() {
+                        k.vlan = p.vlan;
+                    }
+                    if p.matches(&k) {
+                        assert!(table.policy(w).matches(&k), "{k:?}");
+                        assert_ne!(table.classify(&k), Some(i as u32), "{k:?}");
+                    }
+                }
+            }
+        }
+        assert!(found > 20, "only {found} shadowed policies generated");
+    }
 
     fn warnings(policies: &str) -> Vec<String> {
         let text = format!("{{\"policies\": [\n{policies}\n]}}");
