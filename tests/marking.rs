@@ -1440,14 +1440,10 @@ fn two_workers_mark_every_frame_like_one_and_keep_flow_order() {
 /// IPv6 fragments whose fragmentable part begins with a destination-options header: the
 /// first fragment walks it to the UDP ports; every fragment's fragment header names
 /// destination options (60) as the next header. SPEC §5: a non-first fragment takes its
-/// datagram's first fragment's result when that was seen.
-///
-/// BUG (qosgw): the first fragment is remembered under protocol 17 (after walking the
-/// destination options), the non-first ones are looked up under 60 (their fragment
-/// header's Next Header), so they miss the fragment table and are classified with ports
-/// unknown: `v6-net` (DSCP 60) instead of their first fragment's `v6-dns` (DSCP 62).
+/// datagram's first fragment's result when that was seen. (The first fragment's key has
+/// protocol 17, the others 60: the fragment table keys IPv6 datagrams without it.)
 #[test]
-fn bug_ipv6_non_first_fragments_do_not_follow_a_first_fragment_with_destination_options() {
+fn ipv6_non_first_fragments_follow_a_first_fragment_with_destination_options() {
     let dir = Scratch::new("marking-v6-frag-dstopts");
     let mut g = Gen::default();
     let (s, d) = ("2001:db8:9::7", "2001:db8:1::5");

@@ -48,12 +48,16 @@ impl Default for FragmentTable {
 
 fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
     // Ports are not part of it: non-first fragments do not have them. Direction and IP
-    // version are (flags), PORTS_UNKNOWN is not.
+    // version are (flags), PORTS_UNKNOWN is not. The protocol is for IPv4 only: an IPv6
+    // datagram is (source, destination, identification) (RFC 8200 §4.5), and the key's
+    // protocol differs between its fragments when extension headers follow the fragment
+    // header (the first fragment's key has the upper layer, the others the next header).
+    let protocol = if key.is_ipv6() { 0 } else { key.protocol };
     DatagramKey {
         src: key.src,
         dst: key.dst,
         id,
-        protocol: key.protocol,
+        protocol,
         flags: key.flags & !FlowKey::PORTS_UNKNOWN,
     }
 }
@@ -121,5 +125,21 @@ mod tests {
             ..later
         };
         assert_eq!(t.recall(&inbound, 77, 1), None, "the other direction");
+        // IPv6: the first fragment's key has the upper layer (UDP), a later one the fragment
+        // header's next header (destination options): the same datagram all the same.
+        let v6_first = FlowKey {
+            flags: FlowKey::IPV6,
+            protocol: 17,
+            ..first
+        };
+        t.remember(&v6_first, 9, 4, 98, 1);
+        let v6_later = FlowKey {
+            flags: FlowKey::IPV6 | FlowKey::PORTS_UNKNOWN,
+            protocol: 60,
+            src_port: 0,
+            dst_port: 0,
+            ..first
+        };
+        assert_eq!(t.recall(&v6_later, 9, 1), Some((4, 98)));
     }
 }

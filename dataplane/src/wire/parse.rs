@@ -98,12 +98,10 @@ fn addr(bytes: &[u8; 16], v6: bool) -> std::net::IpAddr {
 /// Where a packet sits in its datagram. The identification is what a fragment
 /// table keys on, with source, destination and protocol.
 ///
-/// One IPv6 caveat for such a table: a first fragment's key carries the
-/// upper-layer protocol found after all extension headers, a non-first one the
-/// fragment header's Next Header. They differ only when extension headers
-/// follow the fragment header (destination options, rare); then the non-first
-/// fragments miss the table and are classified with ports unknown, as SPEC §5
-/// allows for unmatched fragments.
+/// For IPv6 a first fragment's key carries the upper-layer protocol found after
+/// all extension headers, a non-first one the fragment header's Next Header:
+/// they differ when extension headers follow the fragment header, which is why
+/// the fragment table keys IPv6 datagrams without the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Fragment {
     /// A whole datagram (an IPv6 atomic fragment, offset 0 without M, counts as
