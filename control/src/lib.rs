@@ -58,6 +58,7 @@
 //! * An empty `policies` array is valid.
 
 pub mod check;
+pub mod config;
 pub mod diag;
 pub mod explain;
 pub mod json;
