@@ -36,6 +36,9 @@ pub struct ReplayArgs {
     /// (default: never; the whole input is at hand).
     #[arg(long, value_name = "MS")]
     max_delay_ms: Option<u64>,
+    /// Flows each worker's flow cache holds before it evicts (default 1048576).
+    #[arg(long, value_name = "N")]
+    flow_capacity: Option<usize>,
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -51,12 +54,16 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     let files = WorkerFiles::new(args, input)?;
 
     let eal = Eal::init(&eal_args(args.workers, &files)?).map_err(|e| e.to_string())?;
+    let mut pipeline = PipelineConfig::defaults(eal.tsc_hz());
+    if let Some(n) = args.flow_capacity {
+        pipeline.flow_capacity = n.max(1);
+    }
     let cfg = GatewayConfig {
         ports: ["net_pcap0".into(), "net_pcap1".into()],
         workers: args.workers,
         mbufs: 16383,
         data_room: GatewayConfig::JUMBO_DATA_ROOM,
-        pipeline: PipelineConfig::defaults(eal.tsc_hz()),
+        pipeline,
     };
     // The whole input is at hand: nothing is dropped for delay unless asked (SPEC §4).
     let max_delay_cycles = args.max_delay_ms.map_or(u64::MAX, |ms| {
@@ -263,6 +270,10 @@ struct Summary {
     unmatched: u64,
     non_ip: u64,
     malformed: u64,
+    cache_hits: u64,
+    cache_misses: u64,
+    cache_entries: u64,
+    cache_evictions: u64,
     elapsed_s: f64,
     policies: Vec<PolicyLine>,
 }
@@ -284,6 +295,10 @@ impl Summary {
             unmatched: total(|c| c.unmatched_packets.get()),
             non_ip: total(|c| c.non_ip_packets.get()),
             malformed: total(WorkerCounters::malformed_total),
+            cache_hits: total(|c| c.cache_hits.get()),
+            cache_misses: total(|c| c.cache_misses.get()),
+            cache_entries: total(|c| c.cache_entries.get()),
+            cache_evictions: total(|c| c.evictions.iter().map(|e| e.get()).sum()),
             elapsed_s,
             policies,
         }
@@ -306,6 +321,12 @@ impl Summary {
             "unmatched_packets": self.unmatched,
             "non_ip_packets": self.non_ip,
             "malformed_packets": self.malformed,
+            "flow_cache": {
+                "hits": self.cache_hits,
+                "misses": self.cache_misses,
+                "entries": self.cache_entries,
+                "evictions": self.cache_evictions,
+            },
             "elapsed_s": self.elapsed_s,
             "policies": policies,
         })

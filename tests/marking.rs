@@ -1233,15 +1233,17 @@ fn all_cases() -> Vec<Case> {
 
 /// Replays `cases` through `policies` with `workers` workers, then checks every output
 /// frame against the oracle, and the summary's counts.
+/// Replays `cases` with `policies` and `extra` arguments, checks every frame and the
+/// summary against the oracle, and returns the output and the summary.
 fn replay_and_check(
     dir: &Scratch,
     policies: &[Policy],
     cases: &[Case],
-    workers: &str,
-) -> Vec<Record> {
+    extra: &[&str],
+) -> (Vec<Record>, Value) {
     let (input, output, file) = (
         dir.path("in.pcap"),
-        dir.path(&format!("out-{workers}.pcap")),
+        dir.path(&format!("out-{}.pcap", extra.join("_").replace('-', ""))),
         dir.path("policies.json"),
     );
     std::fs::write(&file, policy_file(policies)).unwrap();
@@ -1250,20 +1252,14 @@ fn replay_and_check(
     let out = replay(
         &input,
         &output,
-        &[
-            "--policies",
-            file.to_str().unwrap(),
-            "--workers",
-            workers,
-            "--json",
-        ],
+        &[&["--policies", file.to_str().unwrap(), "--json"], extra].concat(),
     );
     assert_success(&out);
     let summary: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     let got = read_capture(&output);
     check_output(policies, cases, &got);
     check_summary(&summary, policies, cases);
-    got
+    (got, summary)
 }
 
 /// The summary's counts agree with the oracle: every frame in and out, and each policy's
@@ -1414,15 +1410,15 @@ fn check_output(policies: &[Policy], cases: &[Case], got: &[Record]) {
 fn every_frame_is_marked_as_the_winning_policy_says() {
     let dir = Scratch::new("marking");
     let cases = all_cases();
-    replay_and_check(&dir, POLICIES, &cases, "1");
+    replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]).0;
 }
 
 #[test]
 fn two_workers_mark_every_frame_like_one_and_keep_flow_order() {
     let dir = Scratch::new("marking-workers");
     let cases = all_cases();
-    let one = replay_and_check(&dir, POLICIES, &cases, "1");
-    let two = replay_and_check(&dir, POLICIES, &cases, "2");
+    let one = replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]).0;
+    let two = replay_and_check(&dir, POLICIES, &cases, &["--workers", "2"]).0;
     // And frame for frame the same bytes as one worker sent.
     let by_input = |got: &[Record]| -> HashMap<Vec<u8>, Vec<u8>> {
         got.iter()
@@ -1457,7 +1453,7 @@ fn ipv6_non_first_fragments_follow_a_first_fragment_with_destination_options() {
         cases.push(g.v6_fragment_with(&[60], s, d, l4.clone(), id, 7, true, rest, Some("v6-dns")));
         cases.push(g.v6_fragment_with(&[60], s, d, l4, id, 10, false, rest, Some("v6-dns")));
     }
-    replay_and_check(&dir, POLICIES, &cases, "1");
+    replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]).0;
 }
 
 /// The oracle itself, without qosgw: it accepts the output it computes, rejects each kind
@@ -1601,10 +1597,17 @@ fn churn_case(i: u32, round: u32) -> Case {
 /// `qosgw replay` has no flag for the flow-cache capacity (the default is 2^20 per
 /// worker), so this does not yet force evictions; with a small cache the same test would.
 #[test]
-fn fifty_thousand_flows_all_come_out_marked() {
+fn fifty_thousand_flows_churn_through_a_small_cache_and_all_come_out_marked() {
     let dir = Scratch::new("marking-churn");
     let cases: Vec<Case> = (0..2)
         .flat_map(|round| (0..CHURN_FLOWS).map(move |i| churn_case(i, round)))
         .collect();
-    replay_and_check(&dir, CHURN_POLICIES, &cases, "1");
+    // Two rounds of 50 000 flows through a 5 000-flow cache: every packet is a new flow
+    // (the first round's flows are gone before the second round comes), every one is
+    // classified and marked, none is lost, and every insert past the capacity evicted one.
+    let (_, summary) = replay_and_check(&dir, CHURN_POLICIES, &cases, &["--flow-capacity", "5000"]);
+    let cache = &summary["flow_cache"];
+    assert_eq!(cache["misses"], cases.len(), "{summary}");
+    assert_eq!(cache["entries"], 5000, "{summary}");
+    assert_eq!(cache["evictions"], cases.len() - 5000, "{summary}");
 }
