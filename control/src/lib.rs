@@ -61,6 +61,7 @@ pub mod check;
 pub mod config;
 pub mod diag;
 pub mod explain;
+pub mod http;
 pub mod json;
 pub mod parse;
 pub mod policy;
