@@ -63,6 +63,7 @@ pub mod diag;
 pub mod explain;
 pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod parse;
 pub mod policy;
 mod serialize;
