@@ -61,7 +61,9 @@ pub mod check;
 pub mod config;
 pub mod diag;
 pub mod explain;
+pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod parse;
 pub mod policy;
 mod serialize;
@@ -69,10 +71,12 @@ pub mod table;
 #[cfg(test)]
 mod testgen;
 pub mod warnings;
+pub mod watch;
 
 use std::path::Path;
 
 pub use check::check;
+pub use config::{load_gateway_config, parse_gateway_config, GatewayConfig};
 pub use diag::{Diagnostic, Severity};
 pub use explain::explain;
 pub use json::Pos;
@@ -81,6 +85,7 @@ pub use policy::{
     Prefix, Throttle, ThrottleScope,
 };
 pub use table::{PolicyTable, TableStats};
+pub use watch::FileWatch;
 
 /// A compiled table and its warnings, or the errors.
 pub type LoadResult = Result<(PolicyTable, Vec<Diagnostic>), Vec<Diagnostic>>;

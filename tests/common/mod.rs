@@ -124,3 +124,27 @@ pub fn read_capture(path: &Path) -> Vec<Record> {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
+
+/// Runs the qosgw binary with `args` like [`qosgw`], but kills it if it has not exited
+/// after `limit`; returns `None` then.
+pub fn qosgw_with_timeout(args: &[&str], limit: std::time::Duration) -> Option<Output> {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qosgw"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning qosgw");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("waiting for qosgw").is_some() {
+            return Some(child.wait_with_output().expect("collecting qosgw's output"));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

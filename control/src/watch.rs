@@ -1,0 +1,159 @@
+//! Noticing that the policy file changed, by polling its metadata.
+//!
+//! The control thread calls [`FileWatch::changed`] every ~500 ms, so a change
+//! is seen within a second, with no inotify and nothing to set up. A change
+//! is a different modification time, length, or (on Unix) file identity
+//! (device and inode): an editor that saves by writing a new file and
+//! renaming it over the old one, or a Kubernetes ConfigMap whose symlink is
+//! swapped, is noticed even if time and length happened to match (the path
+//! is followed through symlinks).
+//!
+//! Limits: two writes of the same length within the file system's timestamp
+//! granularity (a few milliseconds on Linux, more on some network file
+//! systems) between two polls look like one; the second is seen only if it
+//! lands after a poll. A reload that reads the file after `changed` returns
+//! true always reads the latest content, so at worst a reload is one poll
+//! late, never stale.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// What identifies one version of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let (dev, ino) = {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    };
+    #[cfg(not(unix))]
+    let (dev, ino) = (0, 0);
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        dev,
+        ino,
+    })
+}
+
+/// Watches one file by polling (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct FileWatch {
+    path: PathBuf,
+    /// The last version seen; None while the file is missing or unreadable.
+    last: Option<Stamp>,
+}
+
+impl FileWatch {
+    /// Starts watching `path`; its current state counts as seen, so the
+    /// first [`changed`](Self::changed) is false unless it changes after
+    /// this call. A file that does not exist yet is fine: its appearance
+    /// counts as a change.
+    pub fn new(path: impl Into<PathBuf>) -> FileWatch {
+        let path = path.into();
+        let last = stamp(&path);
+        FileWatch { path, last }
+    }
+
+    /// The watched path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True once for each change seen since the last call: the file's
+    /// modification time, length or identity differs from the last seen. A
+    /// file that disappears is not a change (the running policies stay);
+    /// when it comes back, that is a change.
+    pub fn changed(&mut self) -> bool {
+        let now = stamp(&self.path);
+        if now == self.last {
+            return false;
+        }
+        self.last = now;
+        now.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("qosgw-watch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn modification_is_seen_once() {
+        let dir = temp_dir("modify");
+        let path = dir.join("policies.json");
+        std::fs::write(&path, "{\"policies\": []}").unwrap();
+        let mut w = FileWatch::new(&path);
+        assert_eq!(w.path(), path);
+        assert!(!w.changed());
+        assert!(!w.changed());
+
+        // A change of length.
+        std::fs::write(&path, "{\"policies\": [ ]}").unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+
+        // Same length, later modification time.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "{\"policies\": [\t]}").unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disappearing_and_coming_back() {
+        let dir = temp_dir("vanish");
+        let path = dir.join("policies.json");
+        std::fs::write(&path, "a").unwrap();
+        let mut w = FileWatch::new(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!w.changed());
+        assert!(!w.changed());
+        std::fs::write(&path, "a").unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+
+        // A file missing at the start: its appearance is a change.
+        let later = dir.join("later.json");
+        let mut w = FileWatch::new(&later);
+        assert!(!w.changed());
+        std::fs::write(&later, "x").unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn replacing_by_rename_is_seen() {
+        let dir = temp_dir("rename");
+        let path = dir.join("policies.json");
+        let tmp = dir.join("policies.json.tmp");
+        // The new version is written first, so its time is not later than
+        // the old one's, and it has the same length.
+        std::fs::write(&tmp, "new").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "old").unwrap();
+        let mut w = FileWatch::new(&path);
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(w.changed());
+        assert!(!w.changed());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
