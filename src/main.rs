@@ -1,8 +1,11 @@
 //! `qosgw`: the command line (SPEC §4).
 
 mod bench;
+mod control_thread;
 mod policy_cmd;
 mod replay;
+mod run;
+mod signals;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,6 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway between the inside and outside ports of a configuration file until
+    /// SIGINT/SIGTERM; SIGHUP, a change of the policy file or POST /-/reload reload policies.
+    Run(run::RunArgs),
     /// Replay a capture through the real dataplane on DPDK net_pcap devices (no NIC, no
     /// hugepages) and print a per-policy summary. Every input frame is treated as outbound.
     Replay(replay::ReplayArgs),
@@ -34,6 +40,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(&args),
         Command::Replay(args) => replay::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Policy(cmd) => return policy_cmd::run(&cmd),
@@ -57,16 +64,15 @@ fn load_policies(path: &Path) -> Result<control::PolicyTable, String> {
             }
             Ok(table)
         }
-        Err(errors) => {
-            let first = errors.first().map(ToString::to_string).unwrap_or_default();
-            Err(match errors.len() {
-                0 | 1 => first,
-                n => format!(
-                    "{first} (and {} more: run `qosgw policy check {}`)",
-                    n - 1,
-                    path.display()
-                ),
-            })
-        }
+        Err(errors) => Err(first_error(&errors, path)),
+    }
+}
+
+/// One line for a file with errors: the first, and how many more there are.
+fn first_error(errors: &[control::Diagnostic], path: &Path) -> String {
+    let first = errors.first().map(ToString::to_string).unwrap_or_default();
+    match errors.len() {
+        0 | 1 => first,
+        n => format!("{first} (and {} more in {})", n - 1, path.display()),
     }
 }

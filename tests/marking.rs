@@ -1410,7 +1410,7 @@ fn check_output(policies: &[Policy], cases: &[Case], got: &[Record]) {
 fn every_frame_is_marked_as_the_winning_policy_says() {
     let dir = Scratch::new("marking");
     let cases = all_cases();
-    replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]).0;
+    replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]);
 }
 
 #[test]
@@ -1453,7 +1453,7 @@ fn ipv6_non_first_fragments_follow_a_first_fragment_with_destination_options() {
         cases.push(g.v6_fragment_with(&[60], s, d, l4.clone(), id, 7, true, rest, Some("v6-dns")));
         cases.push(g.v6_fragment_with(&[60], s, d, l4, id, 10, false, rest, Some("v6-dns")));
     }
-    replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]).0;
+    replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]);
 }
 
 /// The oracle itself, without qosgw: it accepts the output it computes, rejects each kind

@@ -1,0 +1,234 @@
+//! The control thread of `qosgw run`: reloads policies (SIGHUP, a change of the policy
+//! file, `POST /-/reload`), serves `/metrics`, `/healthz` and `/policies`, and raises the
+//! workers' stop flag on SIGINT/SIGTERM. It only reads the workers' counters and publishes
+//! new policy sets; the workers never wait for it.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use control::http::{self, Request, Response, Route};
+use control::metrics::{self, MetricsSnapshot, PolicyMetrics, PortMetrics, WorkerMetrics};
+use control::watch::FileWatch;
+use dataplane::counters::{malformed_label, Eviction, WorkerCounters, MALFORMED_REASONS};
+use dataplane::dpdk::Port;
+use dataplane::pipeline::Side;
+use dataplane::policy_set::Publisher;
+
+use crate::signals;
+
+/// What the control thread is handed once the gateway is up.
+pub struct ControlContext {
+    pub publisher: Arc<Publisher>,
+    pub workers: Vec<Arc<WorkerCounters>>,
+    pub ports: [Arc<Port>; 2],
+    pub policies_path: PathBuf,
+    pub listener: TcpListener,
+    /// Raised to stop the workers (and this thread).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// How often the control thread looks at signals and the policy file.
+const TICK: Duration = Duration::from_millis(200);
+
+struct Controller {
+    ctx: ControlContext,
+    reloads_ok: AtomicU64,
+    reloads_error: AtomicU64,
+    /// One reload at a time, whoever triggers it.
+    reloading: Mutex<()>,
+    /// Polls and busy polls per worker at the previous scrape, for the busy ratio.
+    last_polls: Mutex<Vec<(u64, u64)>>,
+}
+
+pub fn run(ctx: ControlContext) {
+    let listener = match ctx.listener.try_clone() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("qosgw: metrics listener unusable: {e}; stopping");
+            ctx.stop.store(true, Ordering::SeqCst);
+            return;
+        }
+    };
+    let c = Arc::new(Controller {
+        last_polls: Mutex::new(vec![(0, 0); ctx.workers.len()]),
+        ctx,
+        reloads_ok: AtomicU64::new(0),
+        reloads_error: AtomicU64::new(0),
+        reloading: Mutex::new(()),
+    });
+    let server = {
+        let c = c.clone();
+        std::thread::Builder::new()
+            .name("qosgw-http".into())
+            .spawn(move || http::serve(listener, &c.ctx.stop, &mut |req| c.handle(req)))
+    };
+    let mut watch = FileWatch::new(&c.ctx.policies_path);
+    while !c.ctx.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(TICK);
+        if signals::stop_requested() {
+            eprintln!("qosgw: stopping (signal)");
+            c.ctx.stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        if signals::take_hangup() {
+            let _ = c.reload("SIGHUP");
+        }
+        if watch.changed() {
+            let _ = c.reload("policy file changed");
+        }
+    }
+    if let Ok(server) = server {
+        let _ = server.join();
+    }
+}
+
+impl Controller {
+    /// Loads, validates and compiles the policy file, then publishes it; on any error the
+    /// running set stays in force. Returns the new generation.
+    fn reload(&self, why: &str) -> Result<u64, String> {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let path = &self.ctx.policies_path;
+        let result = match control::load_policy_file(path) {
+            Ok((table, warnings)) => {
+                warnings
+                    .iter()
+                    .for_each(|w| eprintln!("qosgw: warning: {w}"));
+                let n = table.len();
+                self.ctx.publisher.publish(table).map(|g| (g, n))
+            }
+            Err(errors) => {
+                errors.iter().for_each(|e| eprintln!("qosgw: {e}"));
+                Err(crate::first_error(&errors, path))
+            }
+        };
+        match result {
+            Ok((generation, n)) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "qosgw: reloaded {} ({why}): {n} policies, generation {generation}",
+                    path.display()
+                );
+                Ok(generation)
+            }
+            Err(e) => {
+                self.reloads_error.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "qosgw: reload ({why}) failed, keeping generation {}: {e}",
+                    self.ctx.publisher.generation()
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn handle(&self, req: &Request) -> Response {
+        match http::route(req) {
+            Err(refused) => refused,
+            Ok(Route::Healthz) => Response::text(200, "ok\n"),
+            Ok(Route::Metrics) => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: metrics::render(&self.snapshot()),
+            },
+            Ok(Route::Policies) => {
+                let set = self.ctx.publisher.current();
+                let body = serde_json::json!({
+                    "generation": set.generation,
+                    "policies": set.table.policies(),
+                });
+                Response::json(200, format!("{body}\n"))
+            }
+            Ok(Route::Reload) => match self.reload("POST /-/reload") {
+                Ok(g) => {
+                    Response::json(200, format!("{}\n", serde_json::json!({ "generation": g })))
+                }
+                Err(e) => Response::json(
+                    400,
+                    format!(
+                        "{}\n",
+                        serde_json::json!({ "error": e, "generation": self.ctx.publisher.generation() })
+                    ),
+                ),
+            },
+        }
+    }
+
+    /// Everything SPEC §6 exports, read from the workers' counters and DPDK's port stats.
+    fn snapshot(&self) -> MetricsSnapshot {
+        let w = &self.ctx.workers;
+        let total = |f: &dyn Fn(&WorkerCounters) -> u64| w.iter().map(|c| f(c)).sum::<u64>();
+        let ports = Side::BOTH
+            .iter()
+            .map(|&side| {
+                let s = self.ctx.ports[side.index()].stats();
+                PortMetrics {
+                    port: side.name().to_owned(),
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_missed: s.rx_missed,
+                    no_mbuf: s.rx_no_mbuf,
+                    tx_full: total(&|c| c.tx_full[side.index()].get()),
+                }
+            })
+            .collect();
+        let policies = self
+            .ctx
+            .publisher
+            .all_stats()
+            .iter()
+            .map(|p| PolicyMetrics {
+                name: p.name.clone(),
+                packets: p.total(|c| &c.packets),
+                bytes: p.total(|c| &c.bytes),
+                flows: p.total(|c| &c.flows),
+                delayed: p.total(|c| &c.delayed),
+                dropped: p.total(|c| &c.dropped),
+            })
+            .collect();
+        let malformed = (0..MALFORMED_REASONS)
+            .map(|slot| {
+                (
+                    malformed_label(slot).to_owned(),
+                    total(&|c| c.malformed_packets[slot].get()),
+                )
+            })
+            .collect();
+        let mut last = self.last_polls.lock().unwrap_or_else(|p| p.into_inner());
+        let workers = w
+            .iter()
+            .zip(last.iter_mut())
+            .map(|(c, last)| {
+                let (polls, busy) = (c.polls.get(), c.busy_polls.get());
+                let (dp, db) = (polls - last.0, busy - last.1);
+                *last = (polls, busy);
+                WorkerMetrics {
+                    cache_entries: c.cache_entries.get(),
+                    cache_hits: c.cache_hits.get(),
+                    cache_misses: c.cache_misses.get(),
+                    evictions_idle: c.evictions[Eviction::Idle as usize].get(),
+                    evictions_full: c.evictions[Eviction::Full as usize].get(),
+                    evictions_tcp_close: c.evictions[Eviction::TcpClose as usize].get(),
+                    backlog_packets: c.shaper_backlog_packets.get(),
+                    backlog_bytes: c.shaper_backlog_bytes.get(),
+                    busy_ratio: if dp == 0 { 0.0 } else { db as f64 / dp as f64 },
+                }
+            })
+            .collect();
+        MetricsSnapshot {
+            ports,
+            policies,
+            unmatched_packets: total(&|c| c.unmatched_packets.get()),
+            non_ip_packets: total(&|c| c.non_ip_packets.get()),
+            malformed,
+            workers,
+            policy_generation: self.ctx.publisher.generation(),
+            reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
+            reloads_error: self.reloads_error.load(Ordering::Relaxed),
+        }
+    }
+}
