@@ -251,6 +251,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         mbufs,
         data_room,
         pipeline,
+        lossless: false,
     };
     let settings = ShaperSettings {
         tsc_hz: eal.tsc_hz(),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use dataplane::counters::{sum, WorkerCounters};
 use dataplane::distribute::worker_for;
-use dataplane::dpdk::Eal;
+use dataplane::dpdk::{Eal, MAX_FRAME_LEN};
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
 use dataplane::pcap::{self, Capture, Record, LINKTYPE_ETHERNET};
 use dataplane::pipeline::PipelineConfig;
@@ -51,9 +51,10 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     if args.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
+    let pool = ReplayPool::for_capture(&input);
     let files = WorkerFiles::new(args, input)?;
 
-    let eal = Eal::init(&eal_args(args.workers, &files)?).map_err(|e| e.to_string())?;
+    let eal = Eal::init(&eal_args(args.workers, &files, &pool)?).map_err(|e| e.to_string())?;
     let mut pipeline = PipelineConfig::defaults(eal.tsc_hz());
     if let Some(n) = args.flow_capacity {
         pipeline.flow_capacity = n.max(1);
@@ -61,8 +62,9 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     let cfg = GatewayConfig {
         ports: ["net_pcap0".into(), "net_pcap1".into()],
         workers: args.workers,
-        mbufs: 16383,
-        data_room: GatewayConfig::JUMBO_DATA_ROOM,
+        mbufs: pool.mbufs,
+        data_room: pool.data_room,
+        lossless: true,
         pipeline,
     };
     // The whole input is at hand: nothing is dropped for delay unless asked (SPEC §4).
@@ -101,7 +103,7 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
 /// EAL arguments for replay: no hugepages, no PCI, one lcore per worker (spread over the
 /// machine's CPUs), and net_pcap devices with one rx_pcap (inside) and one tx_pcap
 /// (outside) per worker.
-fn eal_args(workers: usize, files: &WorkerFiles) -> Result<Vec<String>, String> {
+fn eal_args(workers: usize, files: &WorkerFiles, pool: &ReplayPool) -> Result<Vec<String>, String> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lcores: Vec<String> = (0..workers).map(|l| format!("{l}@{}", l % cpus)).collect();
     let mut inside = "--vdev=net_pcap0".to_owned();
@@ -115,7 +117,7 @@ fn eal_args(workers: usize, files: &WorkerFiles) -> Result<Vec<String>, String> 
     Ok(vec![
         "--no-huge".into(),
         "-m".into(),
-        "512".into(),
+        pool.memory_mb.to_string(),
         "--no-shconf".into(),
         "--no-pci".into(),
         "--no-telemetry".into(),
@@ -124,6 +126,32 @@ fn eal_args(workers: usize, files: &WorkerFiles) -> Result<Vec<String>, String> 
         inside,
         outside,
     ])
+}
+
+/// The packet pool for a replay: mbufs just big enough for the capture's largest frame
+/// (one segment each), as many as about 512 MB of memory holds, so that the shapers can
+/// hold a long backlog.
+struct ReplayPool {
+    mbufs: u32,
+    data_room: u16,
+    memory_mb: usize,
+}
+
+impl ReplayPool {
+    fn for_capture(cap: &Capture) -> ReplayPool {
+        let largest = cap.records.iter().map(|r| r.data.len()).max().unwrap_or(0);
+        let room = largest.clamp(2048, MAX_FRAME_LEN as usize).div_ceil(64) * 64;
+        let data_room = (room + 128) as u16;
+        // Each mbuf also carries its 128-byte header and the mempool's own.
+        let element = usize::from(data_room) + 256;
+        let mbufs = ((512usize << 20) / element).min(65535) as u32;
+        let memory_mb = 256 + (mbufs as usize * element >> 20);
+        ReplayPool {
+            mbufs,
+            data_room,
+            memory_mb,
+        }
+    }
 }
 
 /// The capture files each worker reads and writes. With one worker these are the user's

@@ -76,6 +76,7 @@ fn start(
         workers: cfg.workers,
         mbufs: (16383 * cfg.workers as u32).max(16383),
         data_room: GatewayConfig::JUMBO_DATA_ROOM,
+        lossless: false,
         pipeline: PipelineConfig {
             trust_dscp: cfg.trust_dscp,
             drop_malformed: cfg.malformed_drop,

@@ -7,7 +7,7 @@ use crate::counters::WorkerCounters;
 use crate::dpdk::{DpdkError, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN};
 use crate::pipeline::{Pipeline, PipelineConfig, Side};
 use crate::policy_set::Publisher;
-use crate::worker::{StopWhen, Worker, WorkerQueues};
+use crate::worker::{StopWhen, Worker, WorkerQueues, BURST};
 
 /// Which devices to use and how many workers.
 #[derive(Debug, Clone)]
@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     /// known to be small (benchmarks).
     pub data_room: u16,
     pub pipeline: PipelineConfig,
+    /// Never lose input to a dry mempool: workers stop receiving while their shapers hold
+    /// their share of the pool (replay). Off for a live gateway.
+    pub lossless: bool,
 }
 
 impl GatewayConfig {
@@ -76,6 +79,11 @@ impl<'e> Gateway<'e> {
         let inside = Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
         let outside = Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
 
+        // A worker's share of the pool, less what RX/TX rings, bursts and the per-lcore
+        // mempool caches may hold at once.
+        let hold_limit = (cfg.mbufs as usize / cfg.workers)
+            .saturating_sub(2048)
+            .max(BURST);
         let mut workers = Vec::with_capacity(cfg.workers);
         let mut counters = Vec::with_capacity(cfg.workers);
         let queues = inside
@@ -89,17 +97,18 @@ impl<'e> Gateway<'e> {
                 rx: [rx_i, rx_o],
                 tx: [tx_i, tx_o],
             };
-            workers.push(Worker::new(
-                q,
-                Pipeline::new(
-                    id,
-                    cfg.pipeline,
-                    policies.subscribe(),
-                    c.clone(),
-                    eal.tsc_hz(),
-                ),
+            let pipeline = Pipeline::new(
+                id,
+                cfg.pipeline,
+                policies.subscribe(),
+                c.clone(),
                 eal.tsc_hz(),
-            ));
+            );
+            let mut worker = Worker::new(q, pipeline, eal.tsc_hz());
+            if cfg.lossless {
+                worker.hold_limit(hold_limit);
+            }
+            workers.push(worker);
             counters.push(c);
         }
         Ok(Gateway {

@@ -63,6 +63,8 @@ pub struct Worker {
     tx_buf: [Vec<Mbuf>; 2],
     wheel: TimingWheel<Parked>,
     backlog_bytes: u64,
+    /// Stop receiving while the wheel holds this many packets (see [`Worker::hold_limit`]).
+    hold_limit: usize,
     drain_cycles: u64,
 }
 
@@ -79,8 +81,18 @@ impl Worker {
                 4096,
             ),
             backlog_bytes: 0,
+            hold_limit: usize::MAX,
             drain_cycles: tsc_hz * DRAIN_US / 1_000_000,
         }
+    }
+
+    /// Makes the worker stop polling RX while its shapers hold `limit` packets, until they
+    /// drain. For replay, where the whole input is at hand and nothing may be lost: the
+    /// mempool would otherwise run dry and net_pcap drop input records. A live gateway
+    /// keeps receiving (unthrottled traffic must never wait) and bounds its backlog with
+    /// `max_delay` instead.
+    pub fn hold_limit(&mut self, limit: usize) {
+        self.hold_limit = limit;
     }
 
     /// Polls until `stop` says so, then flushes what it holds. Packets still held by the
@@ -94,8 +106,10 @@ impl Worker {
             let now = tsc();
             self.pipeline.housekeeping(now);
             let mut got = 0;
-            for side in Side::BOTH {
-                got += self.poll(side, now);
+            if self.wheel.len() < self.hold_limit {
+                for side in Side::BOTH {
+                    got += self.poll(side, now);
+                }
             }
             received += got as u64;
             if self.release_due(now) > 0 {
