@@ -145,7 +145,7 @@ impl ReplayPool {
         // Each mbuf also carries its 128-byte header and the mempool's own.
         let element = usize::from(data_room) + 256;
         let mbufs = ((512usize << 20) / element).min(65535) as u32;
-        let memory_mb = 256 + (mbufs as usize * element >> 20);
+        let memory_mb = 256 + ((mbufs as usize * element) >> 20);
         ReplayPool {
             mbufs,
             data_room,
