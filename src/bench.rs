@@ -32,6 +32,10 @@ pub struct BenchArgs {
     /// Make the policies match none of the flows (the cost of being there).
     #[arg(long)]
     unmatched: bool,
+    /// Forward without parsing or classifying: the pass-through loop, the baseline for
+    /// the cost of being there.
+    #[arg(long)]
+    passthrough: bool,
     /// Frame size in bytes (no FCS); frames whose headers are longer are as short as they can be.
     #[arg(long, default_value_t = 60)]
     pkt_size: usize,
@@ -252,6 +256,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         data_room,
         pipeline,
         lossless: false,
+        passthrough: args.passthrough,
     };
     let settings = ShaperSettings {
         tsc_hz: eal.tsc_hz(),

@@ -65,6 +65,7 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         mbufs: pool.mbufs,
         data_room: pool.data_room,
         lossless: true,
+        passthrough: false,
         pipeline,
     };
     // The whole input is at hand: nothing is dropped for delay unless asked (SPEC §4).

@@ -77,6 +77,7 @@ fn start(
         mbufs: (16383 * cfg.workers as u32).max(16383),
         data_room: GatewayConfig::JUMBO_DATA_ROOM,
         lossless: false,
+        passthrough: false,
         pipeline: PipelineConfig {
             trust_dscp: cfg.trust_dscp,
             drop_malformed: cfg.malformed_drop,

@@ -7,6 +7,14 @@
 //! never fails and no packet is ever dropped for want of room. Idle entries expire
 //! incrementally: each call to [`FlowCache::expire`] looks at a few slots, never the whole
 //! table. TCP flows that have seen FIN or RST expire after a shorter timeout.
+//!
+//! In front of the hash table sits a direct-mapped *front cache* (like Open vSwitch's
+//! exact-match cache): the flow hash picks one 16-byte entry naming a slot. Its point is
+//! that its address is known from the hash alone, so a worker handling a burst can
+//! prefetch every packet's front entry, then every packet's slot, before looking any of
+//! them up ([`FlowCache::prefetch_front`], [`FlowCache::prefetch_slot`]): the cache misses
+//! of a burst then overlap. A front entry is only a hint, checked against the slot's key;
+//! a miss falls back to the hash table, which stays the authority.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -15,6 +23,7 @@ use hashbrown::hash_table::HashTable;
 use hashbrown::DefaultHashBuilder;
 
 use crate::counters::{Eviction, WorkerCounters};
+use crate::prefetch::prefetch;
 use crate::shaper::ShaperHint;
 use crate::wire::FlowKey;
 
@@ -41,7 +50,7 @@ impl FlowEntry {
 #[derive(Debug, Clone)]
 struct Slot {
     key: FlowKey,
-    hash: u64,
+    /// Its `hash` is the key's hash (also what names the flow's shaper).
     entry: FlowEntry,
     last_seen: u64,
     /// Set on every hit, cleared by the CLOCK hand as it passes.
@@ -58,7 +67,16 @@ pub struct Timeouts {
     pub tcp_closed: u64,
 }
 
+/// A front-cache entry: the hash of the flow last seen at this position and its slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Front {
+    hash: u64,
+    slot: u32,
+}
+
 pub struct FlowCache {
+    front: Box<[Front]>,
+    front_mask: usize,
     table: HashTable<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -78,7 +96,18 @@ impl FlowCache {
     /// data path never allocates.
     pub fn new(capacity: usize, timeouts: Timeouts, counters: Arc<WorkerCounters>) -> FlowCache {
         let capacity = capacity.max(1);
+        // Four front entries per flow (so that few flows share one), 64 KiB..16 MiB.
+        let front_len = (4 * capacity).next_power_of_two().clamp(1 << 12, 1 << 20);
         FlowCache {
+            front: vec![
+                Front {
+                    hash: 0,
+                    slot: u32::MAX
+                };
+                front_len
+            ]
+            .into_boxed_slice(),
+            front_mask: front_len - 1,
             table: HashTable::with_capacity(capacity),
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
@@ -103,16 +132,62 @@ impl FlowCache {
         self.capacity
     }
 
+    /// The hash the cache files `key` under.
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Starts loading the front-cache entry of `hash` (first stage of a burst).
+    #[inline]
+    pub fn prefetch_front(&self, hash: u64) {
+        prefetch(&self.front[hash as usize & self.front_mask]);
+    }
+
+    /// Starts loading the slot the front cache names for `hash`, if any (second stage).
+    #[inline]
+    pub fn prefetch_slot(&self, hash: u64) {
+        let f = self.front[hash as usize & self.front_mask];
+        if f.hash == hash {
+            if let Some(slot) = self.slots.get(f.slot as usize) {
+                prefetch(slot);
+                prefetch(&slot.last_seen);
+            }
+        }
+    }
+
     /// Finds `key`'s entry, inserting an [`FlowEntry::UNCLASSIFIED`] one on a miss
     /// (evicting another flow if the cache is full). `closing` marks a TCP FIN/RST.
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64, closing: bool) -> &mut FlowEntry {
-        let hash = self.hasher.hash_one(key);
-        let slots = &self.slots;
-        let found = self
-            .table
-            .find(hash, |&i| slots[i as usize].key == *key)
-            .copied();
+        let hash = self.hash(key);
+        self.lookup_hashed(key, hash, now, closing)
+    }
+
+    /// [`FlowCache::lookup`] with the key's [`hash`](FlowCache::hash) already computed.
+    #[inline]
+    pub fn lookup_hashed(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now: u64,
+        closing: bool,
+    ) -> &mut FlowEntry {
+        let fi = hash as usize & self.front_mask;
+        let f = self.front[fi];
+        let in_front = f.hash == hash
+            && self
+                .slots
+                .get(f.slot as usize)
+                .is_some_and(|s| s.occupied && s.key == *key);
+        let found = if in_front {
+            Some(f.slot)
+        } else {
+            let slots = &self.slots;
+            self.table
+                .find(hash, |&i| slots[i as usize].key == *key)
+                .copied()
+        };
         // A new flow enters unreferenced: one-packet flows (scans, churn) are the first
         // the CLOCK hand takes, while flows that come back keep their place.
         let (index, hit) = match found {
@@ -124,6 +199,10 @@ impl FlowCache {
                 self.counters.cache_misses.inc();
                 (self.insert(*key, hash), false)
             }
+        };
+        self.front[fi] = Front {
+            hash,
+            slot: index as u32,
         };
         let slot = &mut self.slots[index];
         slot.last_seen = now;
@@ -139,7 +218,6 @@ impl FlowCache {
         }
         let slot = Slot {
             key,
-            hash,
             entry: FlowEntry {
                 policy: FlowEntry::NO_POLICY,
                 generation: FlowEntry::UNCLASSIFIED,
@@ -163,7 +241,7 @@ impl FlowCache {
         };
         let slots = &self.slots;
         self.table
-            .insert_unique(hash, index as u32, |&i| slots[i as usize].hash);
+            .insert_unique(hash, index as u32, |&i| slots[i as usize].entry.hash);
         self.counters.cache_entries.set(self.table.len() as u64);
         index
     }
@@ -195,7 +273,7 @@ impl FlowCache {
 
     fn remove(&mut self, index: usize, why: Eviction) {
         let slot = &mut self.slots[index];
-        let (hash, key) = (slot.hash, slot.key);
+        let (hash, key) = (slot.entry.hash, slot.key);
         slot.occupied = false;
         let slots = &self.slots;
         if let Ok(e) = self.table.find_entry(hash, |&i| {

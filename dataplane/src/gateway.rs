@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     /// Never lose input to a dry mempool: workers stop receiving while their shapers hold
     /// their share of the pool (replay). Off for a live gateway.
     pub lossless: bool,
+    /// Forward without processing: the baseline loop of `qosgw bench --passthrough`.
+    pub passthrough: bool,
 }
 
 impl GatewayConfig {
@@ -107,6 +109,9 @@ impl<'e> Gateway<'e> {
             let mut worker = Worker::new(q, pipeline, eal.tsc_hz());
             if cfg.lossless {
                 worker.hold_limit(hold_limit);
+            }
+            if cfg.passthrough {
+                worker.passthrough();
             }
             workers.push(worker);
             counters.push(c);

@@ -11,6 +11,7 @@ pub mod fragments;
 pub mod pcap;
 pub mod pipeline;
 pub mod policy_set;
+mod prefetch;
 pub mod shaper;
 pub mod synth;
 pub mod wire;

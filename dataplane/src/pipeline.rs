@@ -102,6 +102,8 @@ pub struct Pipeline {
     fragments: FragmentTable,
     shapers: WorkerShapers,
     tsc_hz: u64,
+    /// The current burst after its first stage.
+    staged: Vec<Staged>,
 }
 
 impl Pipeline {
@@ -117,6 +119,7 @@ impl Pipeline {
         Pipeline {
             worker,
             shapers: WorkerShapers::with_capacity(instances, instances),
+            staged: Vec::with_capacity(64),
             tsc_hz,
             cache: FlowCache::new(config.flow_capacity, config.timeouts, counters.clone()),
             fragments: FragmentTable::default(),
@@ -142,15 +145,62 @@ impl Pipeline {
 
     /// Processes one frame received on `side` at TSC time `now`. `frame` holds the whole
     /// frame (the dataplane's mbufs are large enough for a jumbo frame in one segment).
+    /// The worker does the same for a burst in stages: [`Pipeline::stage`] every frame,
+    /// [`Pipeline::prefetch_staged`], then [`Pipeline::process_staged`] each.
     #[inline]
     pub fn process(&mut self, frame: &mut [u8], side: Side, now: u64) -> Verdict {
-        let info = match wire::parse(frame, side.is_inbound()) {
-            Parsed::Ip(info) => info,
-            Parsed::NonIp => {
+        self.staged.clear();
+        self.stage(Some(frame), side);
+        let verdict = self.process_staged(0, frame, now);
+        self.staged.clear();
+        verdict
+    }
+
+    /// First stage of a burst: parses the next frame (`None`: one that does not fit a
+    /// segment, see [`Pipeline::oversized`]), hashes its flow and starts loading the flow's
+    /// front-cache entry.
+    #[inline]
+    pub fn stage(&mut self, frame: Option<&[u8]>, side: Side) {
+        let parsed = frame.map(|f| wire::parse(f, side.is_inbound()));
+        let hash = match &parsed {
+            Some(Parsed::Ip(info)) => {
+                let h = self.cache.hash(&info.key);
+                self.cache.prefetch_front(h);
+                h
+            }
+            _ => 0,
+        };
+        self.staged.push(Staged { parsed, hash });
+    }
+
+    /// Second stage: starts loading the flow-cache slot of every staged frame.
+    #[inline]
+    pub fn prefetch_staged(&self) {
+        for s in &self.staged {
+            if let Some(Parsed::Ip(_)) = s.parsed {
+                self.cache.prefetch_slot(s.hash);
+            }
+        }
+    }
+
+    /// Forgets the staged frames (after the last [`Pipeline::process_staged`] of a burst).
+    #[inline]
+    pub fn clear_staged(&mut self) {
+        self.staged.clear();
+    }
+
+    /// Last stage: processes staged frame `i`, whose bytes are `frame`.
+    #[inline]
+    pub fn process_staged(&mut self, i: usize, frame: &mut [u8], now: u64) -> Verdict {
+        let Staged { parsed, hash } = self.staged[i];
+        let info = match parsed {
+            None => return self.oversized(),
+            Some(Parsed::Ip(info)) => info,
+            Some(Parsed::NonIp) => {
                 self.counters.non_ip_packets.inc();
                 return Verdict::Forward;
             }
-            Parsed::Malformed(reason) => {
+            Some(Parsed::Malformed(reason)) => {
                 self.counters.malformed_packets[reason as usize].inc();
                 return if self.config.drop_malformed {
                     Verdict::Drop
@@ -167,6 +217,7 @@ impl Pipeline {
             set,
             self.worker,
             &info,
+            hash,
             now,
         ) {
             Classified::Flow(entry) => (entry.policy, entry.hash, &mut entry.shaper_hint),
@@ -233,6 +284,13 @@ impl Pipeline {
     }
 }
 
+/// A frame after the first stage of a burst: parsed (`None`: oversized) and hashed.
+#[derive(Clone, Copy)]
+struct Staged {
+    parsed: Option<Parsed>,
+    hash: u64,
+}
+
 /// Where a packet's classification came from.
 enum Classified<'a> {
     /// The flow's cache entry (classified now if it was new or stale).
@@ -250,6 +308,7 @@ fn classify<'a>(
     set: &PolicySet,
     worker: usize,
     info: &PacketInfo,
+    hash: u64,
     now: u64,
 ) -> Classified<'a> {
     let generation = set.generation;
@@ -259,7 +318,7 @@ fn classify<'a>(
         }
     }
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
-    let entry = cache.lookup(&info.key, now, closing);
+    let entry = cache.lookup_hashed(&info.key, hash, now, closing);
     if entry.generation != generation {
         entry.policy = first_packet(set, &info.key);
         entry.generation = generation;

@@ -65,6 +65,8 @@ pub struct Worker {
     backlog_bytes: u64,
     /// Stop receiving while the wheel holds this many packets (see [`Worker::hold_limit`]).
     hold_limit: usize,
+    /// Forward without processing (the baseline of `qosgw bench --passthrough`).
+    passthrough: bool,
     drain_cycles: u64,
 }
 
@@ -82,6 +84,7 @@ impl Worker {
             ),
             backlog_bytes: 0,
             hold_limit: usize::MAX,
+            passthrough: false,
             drain_cycles: tsc_hz * DRAIN_US / 1_000_000,
         }
     }
@@ -93,6 +96,12 @@ impl Worker {
     /// `max_delay` instead.
     pub fn hold_limit(&mut self, limit: usize) {
         self.hold_limit = limit;
+    }
+
+    /// Makes the worker forward every frame untouched, without parsing or classifying: the
+    /// pass-through loop that `qosgw bench --passthrough` measures the pipeline against.
+    pub fn passthrough(&mut self) {
+        self.passthrough = true;
     }
 
     /// Polls until `stop` says so, then flushes what it holds. Packets still held by the
@@ -175,16 +184,25 @@ impl Worker {
         }
         let counters = &*self.counters;
         let out = side.other().index();
-        for mut m in self.burst.drain(..) {
+        counters.rx_packets[side.index()].add(n as u64);
+        if !self.passthrough {
+            // Parse and hash the whole burst, then prefetch its flow-cache slots, so that
+            // the packets' cache misses overlap. Frames bigger than a segment (over
+            // MAX_FRAME_LEN) are not parsed: counted as oversized, handled as malformed.
+            for m in &self.burst {
+                self.pipeline
+                    .stage(m.is_contiguous().then(|| m.data()), side);
+            }
+            self.pipeline.prefetch_staged();
+        }
+        let mut bytes = 0u64;
+        for (i, mut m) in self.burst.drain(..).enumerate() {
             let len = m.pkt_len();
-            counters.rx_packets[side.index()].inc();
-            counters.rx_bytes[side.index()].add(u64::from(len));
-            // Frames bigger than a segment (over MAX_FRAME_LEN) are not parsed: counted as
-            // oversized and handled like malformed ones.
-            let verdict = if m.is_contiguous() {
-                self.pipeline.process(m.data_mut(), side, now)
+            bytes += u64::from(len);
+            let verdict = if self.passthrough {
+                Verdict::Forward
             } else {
-                self.pipeline.oversized()
+                self.pipeline.process_staged(i, m.data_mut(), now)
             };
             match verdict {
                 Verdict::Forward => {
@@ -211,6 +229,8 @@ impl Worker {
                 Verdict::Drop => drop(m),
             }
         }
+        counters.rx_bytes[side.index()].add(bytes);
+        self.pipeline.clear_staged();
         n
     }
 

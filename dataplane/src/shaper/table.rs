@@ -19,6 +19,7 @@ use std::hash::Hash;
 use hashbrown::HashMap;
 
 use super::edt::{Decision, ShaperConfig, ShaperState};
+use crate::prefetch::prefetch;
 
 const NIL: u32 = u32::MAX;
 
@@ -176,21 +177,6 @@ impl<K: Copy + Eq + Hash> ShaperTable<K> {
         self.live += 1;
         i
     }
-}
-
-/// Ask the CPU to bring `r`'s cache line in, without waiting for it. (A plain load would
-/// do the same but holds up retirement while it misses, which limits how many overlap.)
-#[inline]
-fn prefetch<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that never faults and has no architectural effect; the
-    // address comes from a live reference anyway.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
 }
 
 #[cfg(test)]
