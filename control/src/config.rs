@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 
 use crate::diag::Diagnostic;
 use crate::json::{self, Member, Pos, Spanned, Value};
+use crate::parse::unknown_field;
 
 /// A validated gateway configuration (SPEC §3).
 #[derive(Debug, Clone, PartialEq)]
@@ -456,34 +457,6 @@ impl Cx<'_> {
             }
         }
     }
-}
-
-fn unknown_field(key: &str, allowed: &[&str]) -> String {
-    let suggestion = allowed
-        .iter()
-        .map(|f| (edit_distance(key, f), *f))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, f)| format!("did you mean \"{f}\"? "))
-        .unwrap_or_default();
-    format!(
-        "unknown field; {suggestion}allowed fields are {}",
-        allowed.join(", ")
-    )
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 #[cfg(test)]

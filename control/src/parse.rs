@@ -181,7 +181,7 @@ fn parse_policy(
         } else if FIELDS.contains(&m.key.as_str()) {
             fields.insert(m.key.as_str(), m);
         } else {
-            err(m.key_pos, &m.key, unknown_field(&m.key));
+            err(m.key_pos, &m.key, unknown_field(&m.key, &FIELDS));
         }
     }
 
@@ -333,8 +333,10 @@ fn parse_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn unknown_field(key: &str) -> String {
-    let suggestion = FIELDS
+/// "unknown field", with the closest allowed name when one is near (a likely typo).
+/// Shared with the gateway configuration's validation.
+pub(crate) fn unknown_field(key: &str, allowed: &[&str]) -> String {
+    let suggestion = allowed
         .iter()
         .map(|f| (edit_distance(key, f), f))
         .filter(|(d, _)| *d <= 2)
@@ -343,7 +345,7 @@ fn unknown_field(key: &str) -> String {
         .unwrap_or_default();
     format!(
         "unknown field; {suggestion}allowed fields are {}",
-        FIELDS.join(", ")
+        allowed.join(", ")
     )
 }
 
@@ -664,8 +666,8 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert!(unknown_field("dst_prot").contains("did you mean \"dst_port\""));
-        assert!(!unknown_field("zzzzzzz").contains("did you mean"));
+        assert!(unknown_field("dst_prot", &FIELDS).contains("did you mean \"dst_port\""));
+        assert!(!unknown_field("zzzzzzz", &FIELDS).contains("did you mean"));
     }
 }
 

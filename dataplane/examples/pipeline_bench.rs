@@ -1,7 +1,7 @@
 //! The per-packet cost of `Pipeline::process` alone (parse, flow cache, classify on a miss,
 //! mark), without DPDK: frames of N flows from memory, in a loop, one core.
 //!
-//! `cargo run --release -p dataplane --no-default-features --example pipeline_bench -- [FLOWS]`
+//! `cargo run --release -p dataplane --no-default-features --example pipeline_bench -- [FLOWS [PACKETS]]`
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -54,7 +54,11 @@ fn main() {
             .build()
         })
         .collect();
-    let passes = (20_000_000 / flows).max(2) as u64;
+    let packets: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000_000);
+    let passes = (packets / flows).max(2) as u64;
     for (label, passes) in [("warm-up", 2), ("measured", passes)] {
         let t = Instant::now();
         let mut n = 0u64;
