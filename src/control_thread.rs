@@ -181,13 +181,16 @@ impl Controller {
             .publisher
             .all_stats()
             .iter()
-            .map(|p| PolicyMetrics {
-                name: p.name.clone(),
-                packets: p.total(|c| &c.packets),
-                bytes: p.total(|c| &c.bytes),
-                flows: p.total(|c| &c.flows),
-                delayed: p.total(|c| &c.delayed),
-                dropped: p.total(|c| &c.dropped),
+            .map(|p| {
+                let t = p.totals();
+                PolicyMetrics {
+                    name: p.name.clone(),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                    flows: t.flows,
+                    delayed: t.delayed,
+                    dropped: t.dropped,
+                }
             })
             .collect();
         let malformed = (0..MALFORMED_REASONS)

@@ -13,7 +13,7 @@ use dataplane::dpdk::{Eal, MAX_FRAME_LEN};
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
 use dataplane::pcap::{self, Capture, Record, LINKTYPE_ETHERNET};
 use dataplane::pipeline::PipelineConfig;
-use dataplane::policy_set::{PolicyStats, Publisher, ShaperSettings};
+use dataplane::policy_set::{PolicyStats, PolicyTotals, Publisher, ShaperSettings};
 use dataplane::shaper::ShaperConfig;
 use dataplane::worker::StopWhen;
 use serde_json::json;
@@ -268,12 +268,7 @@ fn vdev_path(path: &Path) -> Result<String, String> {
 /// One policy's line of the summary.
 struct PolicyLine {
     name: String,
-    flows: u64,
-    packets: u64,
-    bytes: u64,
-    marked: u64,
-    delayed: u64,
-    dropped: u64,
+    t: PolicyTotals,
     rate_bps: u64,
 }
 
@@ -281,12 +276,7 @@ impl PolicyLine {
     fn new(s: &PolicyStats, tsc_hz: u64) -> PolicyLine {
         PolicyLine {
             name: s.name.clone(),
-            flows: s.total(|c| &c.flows),
-            packets: s.total(|c| &c.packets),
-            bytes: s.total(|c| &c.bytes),
-            marked: s.total(|c| &c.marked),
-            delayed: s.total(|c| &c.delayed),
-            dropped: s.total(|c| &c.dropped),
+            t: s.totals(),
             rate_bps: s.rate_bps(tsc_hz),
         }
     }
@@ -338,9 +328,10 @@ impl Summary {
             .policies
             .iter()
             .map(|p| {
+                let t = &p.t;
                 json!({
-                    "name": p.name, "flows": p.flows, "packets": p.packets, "bytes": p.bytes,
-                    "marked": p.marked, "delayed": p.delayed, "dropped": p.dropped, "rate_bps": p.rate_bps,
+                    "name": p.name, "flows": t.flows, "packets": t.packets, "bytes": t.bytes,
+                    "marked": t.marked, "delayed": t.delayed, "dropped": t.dropped, "rate_bps": p.rate_bps,
                 })
             })
             .collect();
@@ -389,12 +380,12 @@ impl Summary {
             t += &format!(
                 "{:<width$} {:>7} {:>9} {:>12} {:>9} {:>9} {:>9} {:>12}\n",
                 p.name,
-                p.flows,
-                p.packets,
-                p.bytes,
-                p.marked,
-                p.delayed,
-                p.dropped,
+                p.t.flows,
+                p.t.packets,
+                p.t.bytes,
+                p.t.marked,
+                p.t.delayed,
+                p.t.dropped,
                 human_rate(p.rate_bps)
             );
         }

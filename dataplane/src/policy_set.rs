@@ -53,6 +53,17 @@ impl PolicyCounters {
     }
 }
 
+/// A policy's counters summed over all workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyTotals {
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+    pub marked: u64,
+    pub delayed: u64,
+    pub dropped: u64,
+}
+
 /// A policy's counters on every worker, summed by readers.
 #[derive(Debug)]
 pub struct PolicyStats {
@@ -89,6 +100,18 @@ impl PolicyStats {
                 (bits * u128::from(tsc_hz) / u128::from(l - f)) as u64
             }
             _ => 0,
+        }
+    }
+
+    /// Every counter summed over all workers.
+    pub fn totals(&self) -> PolicyTotals {
+        PolicyTotals {
+            packets: self.total(|c| &c.packets),
+            bytes: self.total(|c| &c.bytes),
+            flows: self.total(|c| &c.flows),
+            marked: self.total(|c| &c.marked),
+            delayed: self.total(|c| &c.delayed),
+            dropped: self.total(|c| &c.dropped),
         }
     }
 
