@@ -581,7 +581,10 @@ fn reason_labels() {
 /// Checks what must hold for any frame: no panic, offsets inside the frame, and
 /// marking a parsed frame keeps it parseable with the same key.
 fn check_any(frame: &[u8], rng: &mut XorShift) -> Parsed {
-    let parsed = parse(frame, rng.next() & 1 == 0);
+    let inbound = rng.next() & 1 == 0;
+    let parsed = parse(frame, inbound);
+    // The fast path, where it answers, answers exactly what the general parser does.
+    assert_eq!(parsed, super::parse_general(frame, inbound), "{frame:02x?}");
     if let Parsed::Ip(info) = parsed {
         assert!(usize::from(info.l3_offset) < frame.len());
         if let Some(l4) = info.l4_offset {
@@ -605,6 +608,21 @@ fn check_any(frame: &[u8], rng: &mut XorShift) -> Parsed {
         }
     }
     parsed
+}
+
+#[test]
+fn the_fast_path_takes_the_common_frames_and_only_those() {
+    let mut taken = 0;
+    for frame in corpus() {
+        if let Some(fast) = super::fast_path(&frame, false) {
+            assert_eq!(super::parse_general(&frame, false), Parsed::Ip(fast));
+            taken += 1;
+        }
+    }
+    assert!(
+        taken >= 2,
+        "untagged IPv4/IPv6 TCP/UDP frames of the corpus take the fast path"
+    );
 }
 
 #[test]
