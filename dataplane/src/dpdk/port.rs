@@ -12,6 +12,7 @@ pub const MAX_FRAME_LEN: u32 = 9216;
 const RX_OFFLOAD_SCATTER: u64 = 1 << 13;
 const TX_OFFLOAD_MULTI_SEGS: u64 = 1 << 15;
 const ETHER_HDR_LEN: u32 = 14;
+const ETHER_CRC_LEN: u32 = 4;
 
 /// A started Ethernet port. Dropping it stops and closes the device, which is what makes
 /// net_pcap write its `tx_pcap` file; so a `Port` must outlive every queue handle
@@ -92,8 +93,7 @@ impl Port {
 
         let mut conf = dpdk_sys::rte_eth_conf::default();
         // Jumbo frames pass through untouched: the MTU is as large as the device allows.
-        let overhead = ETHER_HDR_LEN;
-        conf.rxmode.mtu = (MAX_FRAME_LEN - overhead).min(u32::from(info.max_mtu));
+        conf.rxmode.mtu = (MAX_FRAME_LEN - ETHER_HDR_LEN).min(device_max_mtu(&info));
         let scatter = RX_OFFLOAD_SCATTER;
         if info.rx_offload_capa & scatter != 0 {
             conf.rxmode.offloads |= scatter;
@@ -263,6 +263,21 @@ impl TxQueue {
     pub fn port(&self) -> &Arc<Port> {
         &self.port
     }
+}
+
+/// The largest MTU the device can receive. Both of its limits count: `max_mtu`, and the
+/// largest frame `max_rx_pktlen` less the overhead ethdev adds to an MTU (net_tap, for one,
+/// says `max_mtu` 65535 but receives frames of at most 1522 bytes). The overhead is
+/// ethdev's own rule: the difference of the two limits when the driver gives both, else
+/// Ethernet header and CRC.
+fn device_max_mtu(info: &dpdk_sys::rte_eth_dev_info) -> u32 {
+    let max_mtu = u32::from(info.max_mtu);
+    let overhead = if info.max_mtu != u16::MAX && info.max_rx_pktlen > max_mtu {
+        info.max_rx_pktlen - max_mtu
+    } else {
+        ETHER_HDR_LEN + ETHER_CRC_LEN
+    };
+    info.max_rx_pktlen.saturating_sub(overhead).min(max_mtu)
 }
 
 fn port_id(name: &str) -> Result<u16, DpdkError> {
