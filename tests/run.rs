@@ -33,6 +33,17 @@ impl Gateway {
     /// Writes a config (net_pcap or other vdevs in `vdevs`, ports net_pcap0 → net_pcap1)
     /// and starts `qosgw run` on it; returns once `/healthz` answers 200.
     fn start(dir: &Scratch, vdevs: &[String], policies: &Path, listen: SocketAddr) -> Gateway {
+        Gateway::start_with_settings(dir, vdevs, policies, listen, json!({}))
+    }
+
+    /// [`Gateway::start`] with some config fields replaced by `settings`'.
+    fn start_with_settings(
+        dir: &Scratch,
+        vdevs: &[String],
+        policies: &Path,
+        listen: SocketAddr,
+        settings: Value,
+    ) -> Gateway {
         let mut eal: Vec<String> = [
             "--no-huge",
             "-m",
@@ -55,6 +66,10 @@ impl Gateway {
             "flow_cache": { "capacity_per_worker": 65536, "idle_timeout_s": 30 },
             "shaper": { "max_delay_ms": 100 },
         });
+        let mut config = config;
+        for (k, v) in settings.as_object().expect("settings are an object") {
+            config[k] = v.clone();
+        }
         let path = dir.path("qosgw.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
         Gateway::start_with(&path, listen, dir.path("qosgw.log"))
@@ -147,12 +162,48 @@ impl Gateway {
         self.proc.signal(sig);
         let st = self.proc.wait_for(limit).unwrap_or_else(|| {
             panic!(
-                "qosgw run still running {limit:?} after SIG{sig}:\n{}",
-                self.proc.output()
+                "qosgw run still running {limit:?} after SIG{sig}:\n{}\n{}",
+                self.proc.output(),
+                process_state(self.proc.pid())
             )
         });
         (st, t0.elapsed())
     }
+}
+
+/// What a stuck process is doing: its signal masks and each thread's state and kernel
+/// wait channel (from /proc).
+fn process_state(pid: u32) -> String {
+    let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+    let mut out: String = read(format!("/proc/{pid}/status"))
+        .lines()
+        .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd") || l.starts_with("State"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let base = format!("/proc/{pid}/task/{tid}");
+            let status = read(format!("{base}/status"));
+            let pick = |k: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(k))
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            out += &format!(
+                "thread {tid} {}: {} {} {} wchan={}\n{}",
+                read(format!("{base}/comm")).trim(),
+                pick("State"),
+                pick("SigPnd"),
+                pick("SigBlk"),
+                read(format!("{base}/wchan")),
+                read(format!("{base}/stack"))
+            );
+        }
+    }
+    out
 }
 
 fn vdev_rx_pcap(path: &Path) -> String {
@@ -815,10 +866,11 @@ fn a_reload_from_outside_loopback_is_refused() {
 // 4. Reload under load: live traffic through a veth while the policy set flips 100 times.
 
 /// Sends the frames of a pcap file on an interface through an AF_PACKET socket, at a
-/// fixed rate; prints how many it sent.
+/// fixed rate, until they run out or a stop file appears (checked at whole rounds of the 9
+/// flows); prints how many it sent.
 const SENDER: &str = r#"
-import socket, struct, sys, time
-iface, path, rate = sys.argv[1], sys.argv[2], float(sys.argv[3])
+import os, socket, struct, sys, time
+iface, path, rate, stop = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 data = open(path, 'rb').read()
 assert struct.unpack('<I', data[:4])[0] == 0xa1b2c3d4
 frames, off = [], 24
@@ -829,13 +881,18 @@ while off < len(data):
     off += incl
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((iface, 0))
+print('ready', flush=True)
 t0 = time.monotonic()
+sent = 0
 for i, f in enumerate(frames):
+    if i % 9 == 0 and os.path.exists(stop):
+        break
     assert s.send(f) == len(f)
+    sent += 1
     ahead = t0 + (i + 1) / rate - time.monotonic()
     if ahead > 0.0005:
         time.sleep(ahead)
-print(len(frames), flush=True)
+print(sent, flush=True)
 "#;
 
 /// A veth pair in the host namespace, without addresses or IPv6 (so the kernel sends
@@ -906,11 +963,19 @@ enum Source {
     Veth,
 }
 
-/// Writes pcap records for `frames` to a FIFO (opened once the reader opens it), `BATCH`
-/// frames at a time at `rate` frames per second; returns how many it wrote.
-fn feed_fifo(fifo: PathBuf, frames: Vec<Vec<u8>>, rate: u32) -> std::io::Result<usize> {
+/// Writes pcap records of `frame(0)`, `frame(1)`, ... to a FIFO (opened once the reader
+/// opens it), `BATCH` frames at a time at `rate` frames per second, until `stop` is raised
+/// (at a whole batch of 36 = 4 rounds of the 9 flows) or `limit` frames; returns how many
+/// it wrote.
+fn feed_fifo(
+    fifo: PathBuf,
+    frame: impl Fn(u32) -> Vec<u8>,
+    rate: u32,
+    limit: u32,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<u32> {
     use std::io::Write;
-    const BATCH: usize = 32;
+    const BATCH: u32 = 36;
     let mut f = std::fs::OpenOptions::new().write(true).open(fifo)?;
     let mut header = Vec::new();
     header.extend(0xa1b2_c3d4u32.to_le_bytes());
@@ -921,9 +986,11 @@ fn feed_fifo(fifo: PathBuf, frames: Vec<Vec<u8>>, rate: u32) -> std::io::Result<
     header.extend(1u32.to_le_bytes());
     f.write_all(&header)?;
     let t0 = Instant::now();
-    for (i, chunk) in frames.chunks(BATCH).enumerate() {
+    let mut written = 0;
+    while written < limit && !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let mut buf = Vec::new();
-        for frame in chunk {
+        for i in written..written + BATCH {
+            let frame = frame(i);
             let ts = now_ns();
             buf.extend(((ts / 1_000_000_000) as u32).to_le_bytes());
             buf.extend((((ts % 1_000_000_000) / 1000) as u32).to_le_bytes());
@@ -932,10 +999,11 @@ fn feed_fifo(fifo: PathBuf, frames: Vec<Vec<u8>>, rate: u32) -> std::io::Result<
             buf.extend(frame);
         }
         f.write_all(&buf)?;
-        let due = t0 + Duration::from_secs_f64(((i + 1) * BATCH) as f64 / rate as f64);
+        written += BATCH;
+        let due = t0 + Duration::from_secs_f64(written as f64 / rate as f64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
-    Ok(frames.len())
+    Ok(written)
 }
 
 #[test]
@@ -954,48 +1022,49 @@ fn reloading_100_times_under_live_veth_traffic_loses_and_reorders_nothing() {
 /// set in force when it passed, and the flows end on the final set.
 fn reload_under_load(source: Source) {
     const FLOWS: u16 = 8; // matched by the flipping policy; one more flow matches nothing
-                          // 9 s of traffic; slower through the veth, whose capture ring holds fewer frames.
-    let (per_flow, rate): (u32, u32) = match source {
-        Source::Fifo => (5000, 5000),
-        Source::Veth => (2000, 2000),
-    };
     const DSCP_A: u8 = 10;
     const DSCP_B: u8 = 46;
     const RELOADS: usize = 100;
-    const INTERVAL: Duration = Duration::from_millis(60); // 100 reloads in 6 s
+    const INTERVAL: Duration = Duration::from_millis(60); // 100 reloads in 6 s or more
+                                                          // Traffic runs from before the first reload until 1.5 s after the last; slower through
+                                                          // the veth, whose capture ring holds fewer frames.
+    let rate: u32 = match source {
+        Source::Fifo => 5000,
+        Source::Veth => 2000,
+    };
+    let limit = 30 * rate; // at most 30 s of traffic
 
     let dir = Scratch::new("run-load");
-    let (frames_file, output, policies) = (
+    let (frames_file, output, policies, stop_file) = (
         dir.path("send.pcap"),
         dir.path("out.pcap"),
         dir.path("policies.json"),
+        dir.path("stop"),
     );
     let set = |dscp: u8| {
         padded(json!([
             { "name": "flip", "protocol": "udp", "dst_port": "5000-5999", "dscp": dscp }
         ]))
     };
-    let frames: Vec<Vec<u8>> = (0..per_flow)
-        .flat_map(|seq| {
-            (0..=FLOWS).map(move |flow| {
-                let mut payload = MAGIC.to_vec();
-                payload.extend(flow.to_be_bytes());
-                payload.extend(seq.to_be_bytes());
-                payload.resize(64, 0xa5);
-                let dst = if flow == FLOWS { 7000 } else { 5000 + flow };
-                Packet::new(
-                    ip(&format!("10.9.0.{}", flow + 1)),
-                    ip("10.9.1.1"),
-                    L4::Udp {
-                        src: 40000 + flow,
-                        dst,
-                    },
-                )
-                .data(&payload)
-                .build()
-            })
-        })
-        .collect();
+    // Frame i is flow i % 9's frame number i / 9.
+    let frame = |i: u32| {
+        let (flow, seq) = ((i % (FLOWS as u32 + 1)) as u16, i / (FLOWS as u32 + 1));
+        let mut payload = MAGIC.to_vec();
+        payload.extend(flow.to_be_bytes());
+        payload.extend(seq.to_be_bytes());
+        payload.resize(64, 0xa5);
+        let dst = if flow == FLOWS { 7000 } else { 5000 + flow };
+        Packet::new(
+            ip(&format!("10.9.0.{}", flow + 1)),
+            ip("10.9.1.1"),
+            L4::Udp {
+                src: 40000 + flow,
+                dst,
+            },
+        )
+        .data(&payload)
+        .build()
+    };
     std::fs::write(&policies, set(DSCP_A)).unwrap();
     // The worker may run on any CPU: pinned to CPU 0 it would share it with every other
     // test's busy-polling worker.
@@ -1003,6 +1072,7 @@ fn reload_under_load(source: Source) {
     let lcores = format!("--lcores=0@(0-{})", cpus - 1);
 
     // Start the source, then the gateway, then the traffic.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut veth: Option<Veth> = None;
     let mut sender = None;
     let mut feeder = None;
@@ -1010,9 +1080,11 @@ fn reload_under_load(source: Source) {
         Source::Fifo => {
             let fifo = dir.path("in.fifo");
             sh(&["mkfifo", fifo.to_str().unwrap()]);
-            let (fifo2, frames2) = (fifo.clone(), frames.clone());
+            let (fifo2, stop2) = (fifo.clone(), stop.clone());
             // Opening blocks until qosgw opens the FIFO: the thread starts first.
-            feeder = Some(std::thread::spawn(move || feed_fifo(fifo2, frames2, rate)));
+            feeder = Some(std::thread::spawn(move || {
+                feed_fifo(fifo2, frame, rate, limit, &stop2)
+            }));
             vdev_rx_pcap(&fifo)
         }
         Source::Veth => {
@@ -1020,25 +1092,37 @@ fn reload_under_load(source: Source) {
             format!("--vdev=net_pcap0,rx_iface_in={}", v.a)
         }
     };
+    // Whatever happens, the feeder stops (and so closes the FIFO) when the test ends.
+    struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _stop_feeder = StopOnDrop(stop.clone());
     let mut gw = Gateway::start(
         &dir,
         &[rx_vdev, vdev_tx_pcap(&output), lcores],
         &policies,
         free_loopback(),
     );
-    let started = Instant::now();
-    let start_ns = now_ns();
     if source == Source::Veth {
-        write_capture(&frames_file, &frames);
+        write_capture(&frames_file, &(0..limit).map(frame).collect::<Vec<_>>());
         let script = dir.path("send.py");
         std::fs::write(&script, SENDER).unwrap();
         let mut cmd = Command::new("python3");
         cmd.arg(&script)
             .arg(&veth.as_ref().unwrap().b)
             .arg(&frames_file)
-            .arg(rate.to_string());
-        sender = Some(ChildGuard::spawn(cmd, dir.path("sender.log")));
+            .arg(rate.to_string())
+            .arg(&stop_file);
+        let s = sender.insert(ChildGuard::spawn(cmd, dir.path("sender.log")));
+        let ready = poll_until(Duration::from_secs(30), || {
+            s.output().starts_with("ready").then_some(())
+        });
+        assert!(ready.is_some(), "the sender did not start:\n{}", s.output());
     }
+    let start_ns = now_ns();
     std::thread::sleep(Duration::from_millis(500));
 
     // 100 reloads, alternating B, A, B, ...; each written in place unseen by the watcher,
@@ -1064,25 +1148,36 @@ fn reload_under_load(source: Source) {
     }
     let final_dscp = windows.last().unwrap().2;
     let last_reload_ns = now_ns();
-    let reload_time = started.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::fs::write(&stop_file, "").unwrap();
+    let mut sent = 0u32;
     if let Some(sender) = &mut sender {
         let st = sender
-            .wait_for(Duration::from_secs(60))
-            .expect("the sender finished within 60 s");
+            .wait_for(Duration::from_secs(30))
+            .expect("the sender stopped within 30 s");
         assert!(st.success(), "sender: {st}\n{}", sender.output());
-        assert_eq!(sender.output().trim(), frames.len().to_string());
+        let out = sender.output();
+        sent = out
+            .lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("sender output: {out}");
+            });
     }
     if let Some(feeder) = feeder {
-        let sent = feeder.join().expect("the FIFO feeder");
-        assert_eq!(sent.expect("writing the FIFO"), frames.len());
+        sent = feeder
+            .join()
+            .expect("the FIFO feeder")
+            .expect("writing the FIFO");
     }
-    assert!(
-        started.elapsed() > reload_time + Duration::from_millis(500),
-        "the rig is too slow: traffic stopped before the reloads did"
-    );
+    assert!(sent < limit, "traffic ran out before the reloads ended");
+    assert_eq!(sent % (FLOWS as u32 + 1), 0, "whole rounds of the flows");
+    let per_flow = sent / (FLOWS as u32 + 1);
 
     // What qosgw received it forwarded; what it did not receive it counted as rx_missed.
-    let n = frames.len() as u64;
+    let n = sent as u64;
     let port = |samples: &[Sample], name: &str, p: &str| {
         sample(samples, name, &[("port", p)]).unwrap_or(-1.0) as u64
     };
@@ -1282,6 +1377,14 @@ fn prometheus_scrapes_the_policy_counters() {
     );
     gw.wait_tx(t.frames.len() as u64, Duration::from_secs(15));
 
+    let installed = Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        installed,
+        "prometheus is not installed: run scripts/setup (as root)"
+    );
     let prom_config = dir.path("prometheus.yml");
     std::fs::write(
         &prom_config,
@@ -1450,6 +1553,123 @@ fn sigterm_mid_input_writes_a_whole_capture_of_what_was_forwarded() {
         "log vs {} frames in the capture:\n{log}",
         got.len()
     );
+}
+
+/// SIGTERM while a shaper holds packets: exit 0 within 2 s, and every frame is accounted
+/// for: sent (in the capture), dropped by the shaper for delay (counted), or still held at
+/// the stop (counted in the stop message).
+#[test]
+fn sigterm_with_a_shaper_backlog_stops_within_2_s_and_accounts_for_every_frame() {
+    let dir = Scratch::new("run-sigterm-shaped");
+    let (input, output, policies) = (
+        dir.path("in.pcap"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    // 3000 frames of 1000 bytes at 1 Mbit/s would take 24 s: the shaper sends some, holds
+    // up to max_delay_ms (5 s) worth and drops the rest.
+    let frames: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| {
+            Packet::new(
+                ip("10.5.0.1"),
+                ip("10.6.0.1"),
+                L4::Udp {
+                    src: 4000 + (i % 4) as u16,
+                    dst: 4000,
+                },
+            )
+            .ip_id(i as u16)
+            .payload(1000 - 42)
+            .build()
+        })
+        .collect();
+    write_capture(&input, &frames);
+    write_policies(
+        &policies,
+        json!([{ "name": "slow", "protocol": "udp", "dscp": 8, "throttle": "1Mbps" }]),
+    );
+    let mut gw = Gateway::start_with_settings(
+        &dir,
+        &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
+        &policies,
+        free_loopback(),
+        json!({ "shaper": { "max_delay_ms": 5000 } }),
+    );
+    let n = frames.len() as u64;
+    let l = [("policy", "slow")];
+    // `packets` counts what the policy let through (sent or held), `dropped` the rest.
+    let classified = poll_until(Duration::from_secs(20), || {
+        let passed = gw.value("qosgw_policy_packets_total", &l) as u64;
+        let dropped = gw.value("qosgw_policy_dropped_packets_total", &l) as u64;
+        (passed + dropped >= n).then_some(())
+    });
+    assert!(
+        classified.is_some(),
+        "input not classified within 20 s:\n{}",
+        gw.metrics().0
+    );
+    let dropped = gw.value("qosgw_policy_dropped_packets_total", &l) as u64;
+    let delayed = gw.value("qosgw_policy_delayed_packets_total", &l) as u64;
+    let backlog = gw.value("qosgw_shaper_backlog_packets", &[("worker", "0")]) as u64;
+    assert!(dropped > n / 2, "the shaper dropped only {dropped} of {n}");
+    assert!(
+        delayed > 0 && backlog > 0,
+        "delayed {delayed}, backlog {backlog}"
+    );
+    let (st, took) = gw.terminate("TERM", Duration::from_secs(10));
+    let log = gw.proc.output();
+    assert_eq!(st.code(), Some(0), "exit status:\n{log}");
+    assert!(took <= Duration::from_secs(2), "SIGTERM took {took:?}");
+    let got = read_capture(&output);
+    let held: u64 = log
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" out, ")?;
+            rest.split_once(" shaped frames still held")?.0.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no count of held frames in the stop message:\n{log}"));
+    assert_eq!(
+        got.len() as u64 + dropped + held,
+        n,
+        "sent {} + dropped {dropped} + held at stop {held} != {n} received",
+        got.len()
+    );
+    // What was sent is in order, with the policy's DSCP.
+    let ids: Vec<u16> = got
+        .iter()
+        .map(|r| u16::from_be_bytes([r.data[18], r.data[19]]))
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "sent out of order");
+    assert!(got.iter().all(|r| dscp_of(&r.data) == Some(8)));
+}
+
+/// A listener on IPv6 loopback takes reloads from `::1`.
+#[test]
+fn a_reload_over_ipv6_loopback_is_accepted() {
+    let dir = Scratch::new("run-v6lo");
+    let (input, output, policies) = (
+        dir.path("in.pcap"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    write_capture(&input, &[]);
+    write_policies(&policies, one_policy("alpha", 1000, 10));
+    let lo6 = ip("::1");
+    let listen = SocketAddr::new(lo6, free_port_on(lo6));
+    let gw = Gateway::start(
+        &dir,
+        &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
+        &policies,
+        listen,
+    );
+    write_policies(&policies, one_policy("beta", 1000, 10));
+    // The watcher may publish beta first; the POST publishes it (again) in any case.
+    let before = gw.policies().0;
+    let (status, body) = gw.post_reload();
+    assert_eq!(status, 200, "{body}");
+    let g = body["generation"].as_u64().unwrap();
+    assert!(g > before, "{body}");
+    assert_eq!(gw.policies().1, ["beta"]);
 }
 
 // ---------------------------------------------------------------------------------------
