@@ -1046,15 +1046,12 @@ fn e2e_reload_during_transfer() {
     assert!(m.value("qosgw_policy_reloads_total", r#"result="ok""#) >= 1.0);
 }
 
-/// BUG (found by these tests): `qosgw run` cannot open net_tap ports at all, so every test
-/// above fails at start-up. The port layer asks for an MTU of 9202 (jumbo pass-through),
-/// capped only by `dev_info.max_mtu`; net_tap (DPDK 22.11) leaves `max_mtu` at 65535 but
-/// reports `max_rx_pktlen` 1522, so `rte_eth_dev_configure` refuses: "Frame size (9220) >
-/// device max frame size (1522) for port_id 0" and qosgw exits with "port net_tap0:
-/// configuring: Invalid argument". Expected: qosgw starts and forwards, with the MTU capped
-/// to what the device can receive (`max_rx_pktlen` minus its overhead).
+/// `qosgw run` opens net_tap ports, whose MTU limit comes from `max_rx_pktlen` (1522), not
+/// `max_mtu` (65535). Found by these tests as `bug_run_configures_net_tap_ports`: qosgw asked
+/// for the 9202-byte jumbo MTU, `rte_eth_dev_configure` refused ("Frame size (9220) > device
+/// max frame size (1522)") and every test above failed at start-up; fixed in 31070c2.
 #[test]
-fn bug_run_configures_net_tap_ports() {
+fn e2e_run_opens_net_tap_ports() {
     let Some(_serial) = serial() else { return };
     let scratch = Scratch::new("e2e-bug-tap");
     let tag = format!("{:x}", std::process::id());
