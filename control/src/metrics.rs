@@ -204,11 +204,11 @@ pub fn render(s: &MetricsSnapshot) -> String {
     let policy_counters = [
         (
             "qosgw_policy_packets_total",
-            "Packets of flows classified to the policy.",
+            "Packets of the policy's flows that it forwarded (its shaper's drops are counted in qosgw_policy_dropped_packets_total instead).",
         ),
         (
             "qosgw_policy_bytes_total",
-            "Bytes (as seen on the port) of flows classified to the policy.",
+            "Bytes (as seen on the port) of the policy's packets that it forwarded.",
         ),
         (
             "qosgw_policy_flows_total",

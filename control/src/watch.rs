@@ -1,7 +1,7 @@
 //! Noticing that the policy file changed, by polling its metadata.
 //!
-//! The control thread calls [`FileWatch::changed`] every ~500 ms, so a change
-//! is seen within a second, with no inotify and nothing to set up. A change
+//! The control thread calls [`FileWatch::changed`] every 200 ms, so a change
+//! is seen well within a second, with no inotify and nothing to set up. A change
 //! is a different modification time, length, or (on Unix) file identity
 //! (device and inode): an editor that saves by writing a new file and
 //! renaming it over the old one, or a Kubernetes ConfigMap whose symlink is
