@@ -106,3 +106,18 @@ pub fn tsc() -> u64 {
     // SAFETY: rdtsc has no preconditions.
     unsafe { dpdk_sys::qosgw_rdtsc() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_initialisation_is_a_clear_error() {
+        // As if the EAL had started: no test in this binary starts it for real (tests that
+        // need DPDK run the qosgw binary as its own process).
+        EAL_STARTED.store(true, Ordering::SeqCst);
+        let err = Eal::init(&["--no-huge"]).unwrap_err();
+        assert_eq!(err.context, "EAL initialisation");
+        assert!(err.to_string().contains("already initialised"), "{err}");
+    }
+}
