@@ -71,13 +71,16 @@ impl<'e> Gateway<'e> {
         }
         let queues =
             u16::try_from(cfg.workers).map_err(|_| DpdkError::new("workers", "too many"))?;
-        let pool = Arc::new(Mempool::new(
-            eal,
-            "qosgw_pkts",
-            cfg.mbufs,
-            256,
-            cfg.data_room,
-        )?);
+        // Mbufs no larger than the largest frame either port can receive (a tap takes 1514
+        // bytes: a jumbo-sized mbuf would only spread its packets over more memory), and
+        // never smaller than DPDK's default.
+        let mut largest = 0;
+        for name in &cfg.ports {
+            largest = largest.max(Port::largest_frame(eal, name)?);
+        }
+        let needed = (largest.div_ceil(64) * 64 + 128).max(2048 + 128);
+        let data_room = cfg.data_room.min(u16::try_from(needed).unwrap_or(u16::MAX));
+        let pool = Arc::new(Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, data_room)?);
         let inside = Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
         let outside = Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
 

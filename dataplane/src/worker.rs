@@ -1,7 +1,7 @@
 //! The poll loop of one worker core: receive a burst from each port, process every frame,
-//! buffer it for the other port, and flush TX buffers when full or when the drain interval
-//! has passed. Everything per packet is in [`Pipeline::process`]; this file only moves
-//! mbufs.
+//! buffer it for the other port, release the shaped packets whose time has come, and flush
+//! the TX buffers (when full, and at the end of every iteration that moved packets).
+//! Everything per packet is in [`Pipeline::process`]; this file only moves mbufs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,9 +13,6 @@ use crate::shaper::TimingWheel;
 
 /// Frames taken from a queue at a time, and the TX buffer size.
 pub const BURST: usize = 32;
-
-/// How long a partly filled TX buffer may wait before it is flushed.
-pub const DRAIN_US: u64 = 100;
 
 /// One worker's queues: RX and TX on the inside and outside ports, indexed by [`Side`].
 #[derive(Debug)]
@@ -67,7 +64,6 @@ pub struct Worker {
     hold_limit: usize,
     /// Forward without processing (the baseline of `qosgw bench --passthrough`).
     passthrough: bool,
-    drain_cycles: u64,
 }
 
 impl Worker {
@@ -85,7 +81,6 @@ impl Worker {
             backlog_bytes: 0,
             hold_limit: usize::MAX,
             passthrough: false,
-            drain_cycles: tsc_hz * DRAIN_US / 1_000_000,
         }
     }
 
@@ -109,7 +104,6 @@ impl Worker {
     /// (replay: the loop goes on until the wheel is empty), and freed and counted when it
     /// is the flag (`run` stopping on a signal).
     pub fn run(&mut self, stop: &StopWhen) {
-        let mut last_drain = tsc();
         let mut received = 0u64;
         loop {
             let now = tsc();
@@ -121,17 +115,16 @@ impl Worker {
                 }
             }
             received += got as u64;
-            if self.release_due(now) > 0 {
-                // Shaped packets leave as close to their departure time as the loop allows.
+            let released = self.release_due(now);
+            if got + released > 0 {
+                // Whatever this iteration moved leaves now: a partly filled buffer waiting
+                // for more would add its wait to every TCP round trip (and shaped packets
+                // must leave at their departure time). At full load bursts are full anyway.
                 self.flush_all();
             }
             self.counters.polls.inc();
             if got > 0 {
                 self.counters.busy_polls.inc();
-            }
-            if now.wrapping_sub(last_drain) >= self.drain_cycles {
-                self.flush_all();
-                last_drain = now;
             }
             let done = match stop {
                 StopWhen::Flag(flag) => flag.load(Ordering::Relaxed),

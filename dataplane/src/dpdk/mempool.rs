@@ -13,6 +13,7 @@ use super::{DpdkError, Eal};
 #[derive(Debug)]
 pub struct Mempool {
     raw: NonNull<dpdk_sys::rte_mempool>,
+    data_room: u16,
 }
 
 // SAFETY: a DPDK mempool is designed for concurrent use by many lcores (its ring is
@@ -38,9 +39,16 @@ impl Mempool {
         let raw = unsafe {
             dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, -1)
         };
-        NonNull::new(raw).map(|raw| Mempool { raw }).ok_or_else(|| {
-            DpdkError::from_errno(format!("creating mempool {name} of {count} mbufs"))
-        })
+        NonNull::new(raw)
+            .map(|raw| Mempool { raw, data_room })
+            .ok_or_else(|| {
+                DpdkError::from_errno(format!("creating mempool {name} of {count} mbufs"))
+            })
+    }
+
+    /// Bytes of packet data an mbuf holds after DPDK's default headroom.
+    pub fn data_len(&self) -> u32 {
+        u32::from(self.data_room).saturating_sub(128)
     }
 
     pub(crate) fn as_ptr(&self) -> *mut dpdk_sys::rte_mempool {
