@@ -17,6 +17,7 @@ use dataplane::gateway::{Gateway, GatewayConfig};
 use dataplane::pcap::{self, Record};
 use dataplane::pipeline::PipelineConfig;
 use dataplane::policy_set::{Publisher, ShaperSettings};
+use dataplane::shaper::ShaperConfig;
 use dataplane::synth::{Packet, L4, TCP_ACK};
 use dataplane::worker::StopWhen;
 use serde_json::json;
@@ -32,6 +33,10 @@ pub struct BenchArgs {
     /// Make the policies match none of the flows (the cost of being there).
     #[arg(long)]
     unmatched: bool,
+    /// Share (0 to 1) of the generated policies that throttle each of their flows at 200 kb/s
+    /// (`throttle_per: flow`), with the default 100 ms delay limit.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    throttled_share: f64,
     /// Forward without parsing or classifying: the pass-through loop, the baseline for
     /// the cost of being there.
     #[arg(long)]
@@ -136,7 +141,14 @@ fn flow_frame(i: usize, pkt_size: usize) -> Vec<u8> {
 /// `m` policies shaped like an operator's: each names a server (as a host, or its /24 or
 /// /120 every third policy), most a protocol, half a port, a few precedences. Policy j is
 /// modelled on flow j·7919 (a prime stride), so most flows have some policy to match.
-fn policies_json(m: usize, unmatched: bool) -> String {
+fn policies_json(m: usize, unmatched: bool, throttled_share: f64) -> String {
+    // Every k-th policy throttles each of its flows (`throttle_per: flow`), so that about
+    // `throttled_share` of the matched flows each have a shaper of their own.
+    let throttle_every = if throttled_share > 0.0 {
+        (1.0 / throttled_share).round().max(1.0) as usize
+    } else {
+        usize::MAX
+    };
     let mut out = Vec::with_capacity(m);
     for j in 0..m {
         let f = flow_spec(j * 7919);
@@ -157,13 +169,20 @@ fn policies_json(m: usize, unmatched: bool) -> String {
         if j % 2 == 0 {
             p += &format!(r#","dst_port":{}"#, f.dst_port);
         }
+        if j % throttle_every == 0 {
+            p += &format!(r#","throttle":{THROTTLE_BPS},"throttle_per":"flow""#);
+        }
         out.push(p + "}");
     }
     format!("{{\"policies\":[{}]}}", out.join(",\n"))
 }
 
-fn policy_table(m: usize, unmatched: bool) -> Result<PolicyTable, String> {
-    control::parse_policies("generated", &policies_json(m, unmatched))
+/// The rate of each throttled flow: low enough that a flow of the rig (tens of thousands of
+/// packets a second) is held back, so the shapers and the timing wheel really work.
+const THROTTLE_BPS: u64 = 200_000;
+
+fn policy_table(m: usize, unmatched: bool, throttled_share: f64) -> Result<PolicyTable, String> {
+    control::parse_policies("generated", &policies_json(m, unmatched, throttled_share))
         .map(|(t, _warnings)| t)
         .map_err(|e| format!("generated policies are invalid: {}", e[0]))
 }
@@ -172,7 +191,10 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     if args.flows < 2 || args.workers == 0 || args.seconds <= 0.0 {
         return Err("need --flows >= 2, --workers >= 1 and --seconds > 0".into());
     }
-    let table = policy_table(args.policies, args.unmatched)?;
+    if !(0.0..=1.0).contains(&args.throttled_share) {
+        return Err("--throttled-share must be between 0 and 1".into());
+    }
+    let table = policy_table(args.policies, args.unmatched, args.throttled_share)?;
     let dir = match &args.keep_files {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("qosgw-bench-{}", std::process::id())),
@@ -221,7 +243,14 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     // Every frame of the files stays in an mbuf (infinite_rx), plus the working set.
     let frame_room = args.pkt_size.max(74).div_ceil(64) * 64;
     let data_room = (128 + frame_room) as u16;
-    let mbufs = (args.flows + 8192 * args.workers + 4096) as u32;
+    // Throttled flows park their packets in the timing wheel for up to the 100 ms delay
+    // limit: at 200 kb/s that is ~2.5 KB, about 41 small frames, per flow.
+    let parked = if args.throttled_share > 0.0 {
+        (args.flows * 48).min(1 << 20)
+    } else {
+        0
+    };
+    let mbufs = (args.flows + parked + 8192 * args.workers + 4096) as u32;
     let mem_mb = 256 + (mbufs as usize * (data_room as usize + 256)) / (1 << 20);
     let vdev = |port: usize| {
         let queues: Vec<String> = files[port]
@@ -258,9 +287,11 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         lossless: false,
         passthrough: args.passthrough,
     };
+    // Throttled flows are replayed far above their rate: SPEC §3's default delay limit keeps
+    // the shapers' backlog bounded.
     let settings = ShaperSettings {
         tsc_hz: eal.tsc_hz(),
-        max_delay_cycles: u64::MAX,
+        max_delay_cycles: ShaperConfig::max_delay_cycles_from_ms(100, eal.tsc_hz()),
     };
     let publisher = Publisher::new(table, args.workers, settings)?;
     let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
@@ -295,6 +326,11 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     let ns_per_packet = elapsed * 1e9 * args.workers as f64 / total.max(1) as f64;
     let hit_ratio = hits as f64 / (hits + misses).max(1) as f64;
     let unmatched = sum(w.iter().copied(), |c| c.unmatched_packets.get());
+    let (delayed, dropped) = publisher
+        .all_stats()
+        .iter()
+        .map(|p| p.totals())
+        .fold((0, 0), |(d, x), t| (d + t.delayed, x + t.dropped));
     if args.json {
         println!(
             "{}",
@@ -303,6 +339,8 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
                 "hit_ratio": hit_ratio, "flows_seen": flows_seen, "flows": args.flows,
                 "policies": args.policies, "workers": args.workers, "packets": total,
                 "unmatched_packets": unmatched, "misses": misses, "seconds": elapsed,
+                "throttled_share": args.throttled_share, "delayed_packets": delayed,
+                "shaper_dropped_packets": dropped,
             })
         );
     } else {
@@ -343,8 +381,17 @@ mod tests {
         }
         assert_eq!(flow_frame(0, 60).len(), 60);
         assert_eq!(flow_frame(0, 1514).len(), 1514);
-        let t = policy_table(1000, false).unwrap();
+        let t = policy_table(1000, false, 0.0).unwrap();
         assert_eq!(t.len(), 1000);
-        assert!(policy_table(1000, true).is_ok());
+        assert!(policy_table(1000, true, 0.0).is_ok());
+        let throttled = policy_table(1000, false, 0.1).unwrap();
+        assert_eq!(
+            throttled
+                .policies()
+                .iter()
+                .filter(|p| p.throttle.is_some())
+                .count(),
+            100
+        );
     }
 }
