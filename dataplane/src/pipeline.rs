@@ -157,7 +157,7 @@ impl Pipeline {
     }
 
     /// First stage of a burst: parses the next frame (`None`: one that does not fit a
-    /// segment, see [`Pipeline::oversized`]), hashes its flow and starts loading the flow's
+    /// segment, counted as malformed `oversized`), hashes its flow and starts loading the flow's
     /// front-cache entry.
     #[inline]
     pub fn stage(&mut self, frame: Option<&[u8]>, side: Side) {
@@ -192,16 +192,21 @@ impl Pipeline {
     /// Last stage: processes staged frame `i`, whose bytes are `frame`.
     #[inline]
     pub fn process_staged(&mut self, i: usize, frame: &mut [u8], now: u64) -> Verdict {
-        let Staged { parsed, hash } = self.staged[i];
-        let info = match parsed {
-            None => return self.oversized(),
+        // Borrowed, not copied: the parsed frame is most of a cache line.
+        let staged = &self.staged[i];
+        let hash = staged.hash;
+        let info = match &staged.parsed {
             Some(Parsed::Ip(info)) => info,
             Some(Parsed::NonIp) => {
                 self.counters.non_ip_packets.inc();
                 return Verdict::Forward;
             }
-            Some(Parsed::Malformed(reason)) => {
-                self.counters.malformed_packets[reason as usize].inc();
+            other => {
+                let slot = match other {
+                    Some(Parsed::Malformed(reason)) => *reason as usize,
+                    _ => crate::counters::MALFORMED_OVERSIZED,
+                };
+                self.counters.malformed_packets[slot].inc();
                 return if self.config.drop_malformed {
                     Verdict::Drop
                 } else {
@@ -216,7 +221,7 @@ impl Pipeline {
             &mut self.fragments,
             set,
             self.worker,
-            &info,
+            info,
             hash,
             now,
         ) {
@@ -225,8 +230,8 @@ impl Pipeline {
         };
         if policy == FlowEntry::NO_POLICY {
             self.counters.unmatched_packets.inc();
-            if !self.config.trust_dscp && wire::dscp(frame, &info) != Some(0) {
-                wire::set_dscp(frame, &info, 0);
+            if !self.config.trust_dscp && wire::dscp(frame, info) != Some(0) {
+                wire::set_dscp(frame, info, 0);
             }
             return Verdict::Forward;
         }
@@ -256,10 +261,10 @@ impl Pipeline {
         counters.packets.inc();
         counters.bytes.add(u64::from(len));
         if let Some(dscp) = actions.dscp {
-            wire::set_dscp(frame, &info, dscp);
+            wire::set_dscp(frame, info, dscp);
         }
         if let Some(pcp) = actions.pcp {
-            wire::set_pcp(frame, &info, pcp);
+            wire::set_pcp(frame, info, pcp);
         }
         if actions.dscp.is_some() || actions.pcp.is_some() {
             counters.marked.inc();
@@ -269,18 +274,6 @@ impl Pipeline {
             _ => now,
         });
         verdict
-    }
-
-    /// A frame that does not fit one mbuf segment: passed on (or dropped, per
-    /// `malformed`) without being parsed.
-    #[cold]
-    pub fn oversized(&mut self) -> Verdict {
-        self.counters.malformed_packets[crate::counters::MALFORMED_OVERSIZED].inc();
-        if self.config.drop_malformed {
-            Verdict::Drop
-        } else {
-            Verdict::Forward
-        }
     }
 }
 
