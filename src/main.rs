@@ -10,6 +10,7 @@ mod signals;
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
 /// qosgw: a bump-in-the-wire QoS gateway on DPDK. Policies in the style of Windows
@@ -38,7 +39,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help, --version, and `qosgw` alone (which shows the help): as clap prints them.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            eprintln!("qosgw: {}", one_line(&e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Replay(args) => replay::run(&args),
@@ -75,4 +89,16 @@ fn first_error(errors: &[control::Diagnostic], path: &Path) -> String {
         0 | 1 => first,
         n => format!("{first} (and {} more in {})", n - 1, path.display()),
     }
+}
+
+/// clap's error as one line: its message and the items listed under it, without the usage
+/// and the "try --help" hint (SPEC §4: one clear line on stderr).
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    format!("{} (see --help)", lines.join(" "))
 }

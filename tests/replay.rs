@@ -216,3 +216,32 @@ fn several_workers_give_the_same_output_as_one() {
         assert!(a == b, "{workers} workers changed some frame");
     }
 }
+
+#[test]
+fn bad_arguments_are_one_clear_line() {
+    let out = qosgw(&["replay", "--in", "x.pcap"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--policies <FILE>") && stderr.contains("--out <OUT.pcap>"),
+        "{stderr}"
+    );
+    let out = qosgw(&[
+        "replay",
+        "--in",
+        "x",
+        "--out",
+        "y",
+        "--policies",
+        "z",
+        "--workers",
+        "many",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'many' for '--workers <N>'"),
+        "{stderr}"
+    );
+}
