@@ -1770,3 +1770,102 @@ fn a_bad_config_file_is_one_line_with_its_position() {
     let out = qosgw_with_timeout(&["run", "--config", p], Duration::from_secs(20)).unwrap();
     assert_one_line_error(&out, &format!("{p}:"));
 }
+
+/// SPEC §3's `trust_dscp: false` clears the DSCP of IP traffic no policy matches (ECN kept,
+/// IPv4 checksum still valid), and `malformed: drop` drops malformed frames and counts them.
+#[test]
+fn untrusted_dscp_is_cleared_and_malformed_frames_are_dropped() {
+    let _exclusive = exclusive();
+    let dir = Scratch::new("run-trust");
+    let (input, output, policies) = (
+        dir.path("in.pcap"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    // Unmatched with DSCP 46 and ECN 01 (IPv4 and IPv6), matched (policy "alpha": UDP to
+    // port 1000, DSCP 10) with DSCP 46, and a frame whose IPv4 total length overruns it.
+    let unmatched_v4 = Packet::new(ip("10.5.0.1"), ip("10.6.0.1"), L4::Udp { src: 7, dst: 9 })
+        .tos(46 << 2 | 1)
+        .payload(40)
+        .build();
+    let unmatched_v6 = Packet::new(
+        ip("2001:db8::1"),
+        ip("2001:db8::2"),
+        L4::Udp { src: 7, dst: 9 },
+    )
+    .tos(46 << 2 | 1)
+    .payload(40)
+    .build();
+    let matched = Packet::new(
+        ip("10.5.0.1"),
+        ip("10.6.0.1"),
+        L4::Udp { src: 7, dst: 1000 },
+    )
+    .tos(46 << 2)
+    .payload(40)
+    .build();
+    let mut malformed = unmatched_v4.clone();
+    malformed[16..18].copy_from_slice(&1400u16.to_be_bytes());
+    let frames = vec![
+        unmatched_v4.clone(),
+        malformed.clone(),
+        unmatched_v6.clone(),
+        matched.clone(),
+        malformed,
+    ];
+    write_capture(&input, &frames);
+    write_policies(&policies, one_policy("alpha", 1000, 10));
+    let mut gw = Gateway::start_with_settings(
+        &dir,
+        &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
+        &policies,
+        free_loopback(),
+        json!({ "trust_dscp": false, "malformed": "drop" }),
+    );
+    let read = poll_until(Duration::from_secs(20), || {
+        (gw.value("qosgw_port_rx_packets_total", &[("port", "inside")]) as u64 >= 5).then_some(())
+    });
+    assert!(read.is_some(), "input not read within 20 s");
+    let dropped = gw.value(
+        "qosgw_malformed_packets_total",
+        &[("reason", "bad_total_length")],
+    );
+    assert_eq!(dropped as u64, 2, "both malformed frames counted");
+    let (st, _, _) = gw.terminate("TERM", Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{}", gw.proc.output());
+
+    let got: Vec<Vec<u8>> = read_capture(&output).into_iter().map(|r| r.data).collect();
+    assert_eq!(got.len(), 3, "the malformed frames were dropped");
+    // Unmatched: DSCP 0, ECN kept, everything else as sent (but the IPv4 checksum).
+    assert_eq!(dscp_of(&got[0]), Some(0));
+    assert_eq!(got[0][15] & 3, 1, "ECN kept");
+    assert_eq!(
+        ipv4_checksum(&got[0][14..34]),
+        0,
+        "IPv4 header checksum still valid"
+    );
+    assert_eq!(
+        (&got[0][..15], &got[0][16..24], &got[0][26..]),
+        (
+            &unmatched_v4[..15],
+            &unmatched_v4[16..24],
+            &unmatched_v4[26..]
+        )
+    );
+    assert_eq!(dscp_of(&got[1]), Some(0));
+    assert_eq!((got[1][15] >> 4) & 3, 1, "IPv6 ECN kept");
+    // Matched: the policy's DSCP, whatever trust_dscp says.
+    assert_eq!(dscp_of(&got[2]), Some(10));
+}
+
+/// The Internet checksum over `bytes` (0 when a header with its checksum verifies).
+fn ipv4_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
