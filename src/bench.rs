@@ -12,7 +12,7 @@ use clap::Args;
 use control::PolicyTable;
 use dataplane::counters::{sum, WorkerCounters};
 use dataplane::distribute::worker_for;
-use dataplane::dpdk::Eal;
+use dataplane::dpdk::{virtual_device_args, Eal};
 use dataplane::gateway::{Gateway, GatewayConfig};
 use dataplane::pcap::{self, Record};
 use dataplane::pipeline::PipelineConfig;
@@ -259,22 +259,8 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
             .collect();
         format!("--vdev=net_pcap{port},{},infinite_rx=1", queues.join(","))
     };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let lcores: Vec<String> = (0..args.workers)
-        .map(|l| format!("{l}@{}", l % cpus))
-        .collect();
-    let eal_args = vec![
-        "--no-huge".to_owned(),
-        "-m".to_owned(),
-        mem_mb.to_string(),
-        "--no-shconf".to_owned(),
-        "--no-pci".to_owned(),
-        "--no-telemetry".to_owned(),
-        "--log-level=error".to_owned(),
-        format!("--lcores={}", lcores.join(",")),
-        vdev(0),
-        vdev(1),
-    ];
+    let mut eal_args = virtual_device_args(mem_mb, args.workers);
+    eal_args.extend([vdev(0), vdev(1)]);
     let eal = Eal::init(&eal_args).map_err(|e| e.to_string())?;
     let mut pipeline = PipelineConfig::defaults(eal.tsc_hz());
     pipeline.flow_capacity = args.flow_capacity.unwrap_or(args.flows);

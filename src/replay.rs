@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use dataplane::counters::{sum, WorkerCounters};
 use dataplane::distribute::worker_for;
-use dataplane::dpdk::{Eal, MAX_FRAME_LEN};
+use dataplane::dpdk::{virtual_device_args, Eal, MAX_FRAME_LEN};
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
 use dataplane::pcap::{self, Capture, Record, LINKTYPE_ETHERNET};
 use dataplane::pipeline::PipelineConfig;
@@ -105,8 +105,6 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
 /// machine's CPUs), and net_pcap devices with one rx_pcap (inside) and one tx_pcap
 /// (outside) per worker.
 fn eal_args(workers: usize, files: &WorkerFiles, pool: &ReplayPool) -> Result<Vec<String>, String> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let lcores: Vec<String> = (0..workers).map(|l| format!("{l}@{}", l % cpus)).collect();
     let mut inside = "--vdev=net_pcap0".to_owned();
     for f in &files.inputs {
         inside += &format!(",rx_pcap={}", vdev_path(f)?);
@@ -115,18 +113,9 @@ fn eal_args(workers: usize, files: &WorkerFiles, pool: &ReplayPool) -> Result<Ve
     for f in &files.outputs {
         outside += &format!(",tx_pcap={}", vdev_path(f)?);
     }
-    Ok(vec![
-        "--no-huge".into(),
-        "-m".into(),
-        pool.memory_mb.to_string(),
-        "--no-shconf".into(),
-        "--no-pci".into(),
-        "--no-telemetry".into(),
-        "--log-level=error".into(),
-        format!("--lcores={}", lcores.join(",")),
-        inside,
-        outside,
-    ])
+    let mut args = virtual_device_args(pool.memory_mb, workers);
+    args.extend([inside, outside]);
+    Ok(args)
 }
 
 /// The packet pool for a replay: mbufs just big enough for the capture's largest frame

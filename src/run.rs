@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 
 use clap::Args;
 use control::config::{load_gateway_config, GatewayConfig as FileConfig};
-use dataplane::dpdk::Eal;
+use dataplane::dpdk::{lcores_arg, Eal};
 use dataplane::flow_cache::Timeouts;
 use dataplane::gateway::{Gateway, GatewayConfig};
 use dataplane::pipeline::PipelineConfig;
@@ -135,11 +135,7 @@ fn eal_args(cfg: &FileConfig, extra: &[String]) -> Vec<String> {
         a == "-l" || a == "-c" || a.starts_with("--lcores") || (a.starts_with("-l") && a.len() > 2)
     });
     if !names_lcores {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let lcores: Vec<String> = (0..cfg.workers)
-            .map(|l| format!("{l}@{}", l % cpus))
-            .collect();
-        args.push(format!("--lcores={}", lcores.join(",")));
+        args.push(lcores_arg(cfg.workers));
     }
     args
 }

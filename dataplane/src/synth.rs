@@ -4,17 +4,8 @@
 
 use std::net::IpAddr;
 
-/// IP protocol numbers used below.
-pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const GRE: u8 = 47;
-    pub const ESP: u8 = 50;
-    pub const AH: u8 = 51;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
-}
+/// IP protocol numbers (the parser's), for `L4::Other`.
+pub use crate::wire::ip::protocol as proto;
 
 /// The transport part of a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -100,6 +100,33 @@ impl Eal {
     }
 }
 
+/// `--lcores` giving `workers` lcores, one per worker, spread round robin over the CPUs
+/// this process may use (more workers than CPUs share them).
+pub fn lcores_arg(workers: usize) -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lcores: Vec<String> = (0..workers).map(|l| format!("{l}@{}", l % cpus)).collect();
+    format!("--lcores={}", lcores.join(","))
+}
+
+/// The EAL arguments of a gateway on virtual devices only (replay, bench): no hugepages,
+/// no PCI scan, no shared config or telemetry socket, `memory_mb` of memory, errors only
+/// in the log, and one lcore per worker.
+pub fn virtual_device_args(memory_mb: usize, workers: usize) -> Vec<String> {
+    let mut args: Vec<String> = ["--no-huge", "-m"].map(String::from).to_vec();
+    args.push(memory_mb.to_string());
+    args.extend(
+        [
+            "--no-shconf",
+            "--no-pci",
+            "--no-telemetry",
+            "--log-level=error",
+        ]
+        .map(String::from),
+    );
+    args.push(lcores_arg(workers));
+    args
+}
+
 /// The current TSC value. Cheap (an rdtsc), callable from any thread.
 #[inline]
 pub fn tsc() -> u64 {

@@ -12,7 +12,7 @@ mod port;
 use std::ffi::CStr;
 use std::fmt;
 
-pub use eal::{tsc, Eal};
+pub use eal::{lcores_arg, tsc, virtual_device_args, Eal};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use port::{OpenedPort, Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN};
