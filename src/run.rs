@@ -71,6 +71,17 @@ fn start(
         max_delay_cycles: ShaperConfig::max_delay_cycles_from_ms(cfg.max_delay_ms, hz),
     };
     let publisher = Publisher::new(table, cfg.workers, settings)?;
+    // SPEC §3's settings over the data path's defaults (the TCP-close timeout has none).
+    let defaults = PipelineConfig::defaults(hz);
+    let pipeline = PipelineConfig {
+        trust_dscp: cfg.trust_dscp,
+        drop_malformed: cfg.malformed_drop,
+        flow_capacity: cfg.flow_cache_capacity,
+        timeouts: Timeouts {
+            idle: cfg.idle_timeout_s * hz,
+            ..defaults.timeouts
+        },
+    };
     let gcfg = GatewayConfig {
         ports: [cfg.inside.clone(), cfg.outside.clone()],
         workers: cfg.workers,
@@ -78,15 +89,7 @@ fn start(
         data_room: GatewayConfig::JUMBO_DATA_ROOM,
         lossless: false,
         passthrough: false,
-        pipeline: PipelineConfig {
-            trust_dscp: cfg.trust_dscp,
-            drop_malformed: cfg.malformed_drop,
-            flow_capacity: cfg.flow_cache_capacity,
-            timeouts: Timeouts {
-                idle: cfg.idle_timeout_s * hz,
-                tcp_closed: 2 * hz,
-            },
-        },
+        pipeline,
     };
     let gateway = Gateway::new(&eal, &gcfg, &publisher).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
