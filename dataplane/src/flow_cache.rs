@@ -1,26 +1,28 @@
 //! The per-worker flow cache: flow key → classification result.
 //!
-//! Owned by one worker, so no locks. Entries live in a slab (`slots`) and the hash table
-//! holds only slot indices, so a hit costs one hash, one probe and the slot's cache line,
-//! which the caller needs anyway. Bounded: when full, a CLOCK sweep (an LRU approximation
-//! that costs a bit-set per hit instead of list surgery) picks the victim, so an insert
-//! never fails and no packet is ever dropped for want of room. Idle entries expire
-//! incrementally: each call to [`FlowCache::expire`] looks at a few slots, never the whole
-//! table. TCP flows that have seen FIN or RST expire after a shorter timeout.
+//! Owned by one worker, so no locks. Entries live in a slab (`slots`) of one cache line
+//! each, and the hash table holds only slot indices, so a hit costs one hash, one probe and
+//! the slot's line, which the caller needs anyway. Bounded: when full, a CLOCK sweep (an
+//! LRU approximation that costs a bit-set per hit instead of list surgery) picks the victim,
+//! so an insert never fails and no packet is ever dropped for want of room. Idle entries
+//! expire incrementally: each call to [`FlowCache::expire`] looks at a few slots, never the
+//! whole table. TCP flows that have seen FIN or RST expire after a shorter timeout.
 //!
-//! In front of the hash table sits a direct-mapped *front cache* (like Open vSwitch's
-//! exact-match cache): the flow hash picks one 16-byte entry naming a slot. Its point is
-//! that its address is known from the hash alone, so a worker handling a burst can
-//! prefetch every packet's front entry, then every packet's slot, before looking any of
-//! them up ([`FlowCache::prefetch_front`], [`FlowCache::prefetch_slot`]): the cache misses
-//! of a burst then overlap. A front entry is only a hint, checked against the slot's key;
-//! a miss falls back to the hash table, which stays the authority.
+//! In front of the hash table sits a *front cache* (like Open vSwitch's exact-match
+//! cache): the flow hash picks one bucket, a cache line of eight (hash tag, slot) ways.
+//! Its point is that its address is known from the hash alone, so a worker handling a
+//! burst can prefetch every packet's bucket, then every packet's slot, before looking any
+//! of them up ([`FlowCache::prefetch_front`], [`FlowCache::prefetch_slot`]): the cache
+//! misses of a burst then overlap. Eight ways and twice as many ways as flows keep
+//! collisions rare even with a million flows (a direct-mapped front of that size sent
+//! most packets to the hash table, three dependent misses each). A front entry is only a
+//! hint, checked against the slot's key; a miss falls back to the hash table, which stays
+//! the authority.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use hashbrown::hash_table::HashTable;
-use hashbrown::DefaultHashBuilder;
 
 use crate::counters::{Eviction, WorkerCounters};
 use crate::prefetch::prefetch;
@@ -32,32 +34,81 @@ use crate::wire::FlowKey;
 pub struct FlowEntry {
     /// The winning policy's index in the policy set, or [`FlowEntry::NO_POLICY`].
     pub policy: u32,
-    /// The policy generation the flow was classified under; a different current
-    /// generation means: classify again.
-    pub generation: u64,
-    /// The flow's hash: names its `flow`-scope shaper.
-    pub hash: u64,
+    /// The [`generation_tag`] of the policy generation the flow was classified under; a
+    /// different current tag means: classify again.
+    pub generation: u32,
     /// Where its shaper instance was last found (saves the shaper table a lookup).
     pub shaper_hint: ShaperHint,
 }
 
 impl FlowEntry {
     pub const NO_POLICY: u32 = u32::MAX;
-    /// Never a published generation: a new entry is always classified.
-    pub const UNCLASSIFIED: u64 = u64::MAX;
+    /// Never a [`generation_tag`]: a new entry is always classified.
+    pub const UNCLASSIFIED: u32 = u32::MAX;
 }
 
+/// What a flow entry stores of a policy generation: its low 31 bits, which keeps the slot
+/// in one cache line. Two generations share a tag only 2³¹ reloads apart, and a flow idle
+/// for that long has expired many times over.
+#[inline]
+pub fn generation_tag(generation: u64) -> u32 {
+    generation as u32 & 0x7fff_ffff
+}
+
+/// The flow hash: a folded multiply (as in foldhash and wyhash) over the key's five words,
+/// seeded per cache so that nobody outside can aim flows at one bucket. Three multiplies
+/// where hashing the key field by field through `Hasher` took a dozen calls' worth.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowHasher {
+    seed: [u64; 3],
+}
+
+impl FlowHasher {
+    /// A hasher with fresh random seeds (from the standard library's per-process keys).
+    pub fn new() -> FlowHasher {
+        let s = std::collections::hash_map::RandomState::new();
+        FlowHasher {
+            seed: [s.hash_one(1u8), s.hash_one(2u8), s.hash_one(3u8)],
+        }
+    }
+
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        #[inline(always)]
+        fn fold(a: u64, b: u64) -> u64 {
+            let p = u128::from(a) * u128::from(b);
+            p as u64 ^ (p >> 64) as u64
+        }
+        let [w0, w1, w2, w3, w4] = key.words();
+        let [s0, s1, s2] = self.seed;
+        let a = fold(w0 ^ s0, w1 ^ s1);
+        let b = fold(w2 ^ s2, w3 ^ s0);
+        fold(a ^ w4, b ^ s1)
+    }
+}
+
+impl Default for FlowHasher {
+    fn default() -> Self {
+        FlowHasher::new()
+    }
+}
+
+/// Bits of [`Slot::state`].
+const OCCUPIED: u8 = 1;
+/// Set on every hit, cleared by the CLOCK hand as it passes.
+const REFERENCED: u8 = 2;
+/// The flow saw a TCP FIN or RST: it expires after the short timeout.
+const CLOSING: u8 = 4;
+
+/// One flow, in one cache line: the key (40 bytes), its entry (12), when it was last seen
+/// (in [`FlowCache::tick_shift`] units) and its state bits.
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 struct Slot {
     key: FlowKey,
-    /// Its `hash` is the key's hash (also what names the flow's shaper).
     entry: FlowEntry,
-    last_seen: u64,
-    /// Set on every hit, cleared by the CLOCK hand as it passes.
-    referenced: bool,
-    /// The flow saw a TCP FIN or RST: it expires after the short timeout.
-    closing: bool,
-    occupied: bool,
+    last_seen: u32,
+    state: u8,
 }
 
 /// Timeouts in TSC cycles.
@@ -67,22 +118,83 @@ pub struct Timeouts {
     pub tcp_closed: u64,
 }
 
-/// A front-cache entry: the hash of the flow last seen at this position and its slot.
-#[derive(Debug, Clone, Copy, Default)]
-struct Front {
-    hash: u64,
-    slot: u32,
+/// Ways of a front-cache bucket.
+const WAYS: usize = 8;
+
+/// A front-cache bucket: for each way, the high half of a flow's hash (the low half picked
+/// the bucket) and its slot, or [`Candidate::NONE`].
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct FrontBucket {
+    tags: [u32; WAYS],
+    slots: [u32; WAYS],
+}
+
+impl FrontBucket {
+    const EMPTY: FrontBucket = FrontBucket {
+        tags: [0; WAYS],
+        slots: [Candidate::NONE.0; WAYS],
+    };
+
+    /// The way holding `tag`, if any: eight compares in two SSE2 instructions (the
+    /// compiler leaves the plain loop scalar: 30 instructions a packet).
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn way(&self, tag: u32) -> Option<usize> {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE2 is part of the x86_64 baseline; both unaligned 16-byte loads lie
+        // within `self.tags` (32 bytes).
+        let mask = unsafe {
+            let t = _mm_set1_epi32(tag as i32);
+            let lo = _mm_loadu_si128(self.tags.as_ptr().cast());
+            let hi = _mm_loadu_si128(self.tags.as_ptr().add(4).cast());
+            let eq = _mm_packs_epi32(_mm_cmpeq_epi32(lo, t), _mm_cmpeq_epi32(hi, t));
+            _mm_movemask_epi8(eq) as u32
+        };
+        // Two mask bits per way.
+        (mask != 0).then(|| mask.trailing_zeros() as usize / 2)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    #[inline]
+    fn way(&self, tag: u32) -> Option<usize> {
+        self.tags.iter().position(|&t| t == tag)
+    }
+}
+
+/// The slot the front cache names for a hash: a hint from the second stage of a burst to
+/// the lookup, checked against the slot's key there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate(u32);
+
+impl Candidate {
+    pub const NONE: Candidate = Candidate(u32::MAX);
+}
+
+/// What the first stages of a burst found out about a flow for its lookup: its hash and
+/// the front cache's candidate slot.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub hash: u64,
+    pub candidate: Candidate,
 }
 
 pub struct FlowCache {
-    front: Box<[Front]>,
+    front: Box<[FrontBucket]>,
     front_mask: usize,
+    /// Turns to pick the way a new flow takes in a full bucket.
+    front_victim: usize,
     table: HashTable<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     capacity: usize,
-    hasher: DefaultHashBuilder,
-    timeouts: Timeouts,
+    hasher: FlowHasher,
+    /// `last_seen` counts TSC cycles shifted right by this: fine enough that the shorter
+    /// timeout is at least 1 024 ticks, coarse enough for 32 bits (days).
+    tick_shift: u32,
+    /// The timeouts in ticks.
+    idle_ticks: i32,
+    closed_ticks: i32,
     evict_hand: usize,
     expire_hand: usize,
     counters: Arc<WorkerCounters>,
@@ -96,24 +208,23 @@ impl FlowCache {
     /// data path never allocates.
     pub fn new(capacity: usize, timeouts: Timeouts, counters: Arc<WorkerCounters>) -> FlowCache {
         let capacity = capacity.max(1);
-        // Four front entries per flow (so that few flows share one), 64 KiB..16 MiB.
-        let front_len = (4 * capacity).next_power_of_two().clamp(1 << 12, 1 << 20);
+        // Two ways per flow, in buckets of eight: 4 KiB..32 MiB.
+        let buckets = (capacity / 4).next_power_of_two().clamp(1 << 6, 1 << 19);
+        let shorter = timeouts.idle.min(timeouts.tcp_closed).max(1);
+        let tick_shift = (63 - shorter.leading_zeros()).saturating_sub(10);
+        let ticks = |t: u64| i32::try_from(t >> tick_shift).unwrap_or(i32::MAX);
         FlowCache {
-            front: vec![
-                Front {
-                    hash: 0,
-                    slot: u32::MAX
-                };
-                front_len
-            ]
-            .into_boxed_slice(),
-            front_mask: front_len - 1,
+            front: vec![FrontBucket::EMPTY; buckets].into_boxed_slice(),
+            front_mask: buckets - 1,
+            front_victim: 0,
             table: HashTable::with_capacity(capacity),
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
             capacity,
-            hasher: DefaultHashBuilder::default(),
-            timeouts,
+            hasher: FlowHasher::new(),
+            tick_shift,
+            idle_ticks: ticks(timeouts.idle),
+            closed_ticks: ticks(timeouts.tcp_closed),
             evict_hand: 0,
             expire_hand: 0,
             counters,
@@ -135,24 +246,39 @@ impl FlowCache {
     /// The hash the cache files `key` under.
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
-        self.hasher.hash_one(key)
+        self.hasher.hash(key)
     }
 
-    /// Starts loading the front-cache entry of `hash` (first stage of a burst).
+    #[inline]
+    fn tick(&self, now: u64) -> u32 {
+        (now >> self.tick_shift) as u32
+    }
+
+    #[inline]
+    fn bucket(&self, hash: u64) -> usize {
+        hash as usize & self.front_mask
+    }
+
+    /// Starts loading the front-cache bucket of `hash` (first stage of a burst).
     #[inline]
     pub fn prefetch_front(&self, hash: u64) {
-        prefetch(&self.front[hash as usize & self.front_mask]);
+        prefetch(&self.front[self.bucket(hash)]);
     }
 
-    /// Starts loading the slot the front cache names for `hash`, if any (second stage).
+    /// The slot the front cache names for `hash`, whose loading this starts (second
+    /// stage); pass it to [`FlowCache::lookup_probed`].
     #[inline]
-    pub fn prefetch_slot(&self, hash: u64) {
-        let f = self.front[hash as usize & self.front_mask];
-        if f.hash == hash {
-            if let Some(slot) = self.slots.get(f.slot as usize) {
-                prefetch(slot);
-                prefetch(&slot.last_seen);
+    pub fn prefetch_slot(&self, hash: u64) -> Candidate {
+        let bucket = &self.front[self.bucket(hash)];
+        match bucket.way((hash >> 32) as u32) {
+            Some(w) => {
+                let slot = bucket.slots[w];
+                if let Some(s) = self.slots.get(slot as usize) {
+                    prefetch(s);
+                }
+                Candidate(slot)
             }
+            None => Candidate::NONE,
         }
     }
 
@@ -161,54 +287,74 @@ impl FlowCache {
     #[inline]
     pub fn lookup(&mut self, key: &FlowKey, now: u64, closing: bool) -> &mut FlowEntry {
         let hash = self.hash(key);
-        self.lookup_hashed(key, hash, now, closing)
+        let candidate = self.prefetch_slot(hash);
+        self.lookup_probed(key, Probe { hash, candidate }, now, closing)
     }
 
-    /// [`FlowCache::lookup`] with the key's [`hash`](FlowCache::hash) already computed.
+    /// [`FlowCache::lookup`] with the key's [`hash`](FlowCache::hash) and the front
+    /// cache's [`Candidate`] already found.
     #[inline]
-    pub fn lookup_hashed(
+    pub fn lookup_probed(
         &mut self,
         key: &FlowKey,
-        hash: u64,
+        Probe { hash, candidate }: Probe,
         now: u64,
         closing: bool,
     ) -> &mut FlowEntry {
-        let fi = hash as usize & self.front_mask;
-        let f = self.front[fi];
-        let in_front = f.hash == hash
-            && self
-                .slots
-                .get(f.slot as usize)
-                .is_some_and(|s| s.occupied && s.key == *key);
-        let found = if in_front {
-            Some(f.slot)
+        let in_front = self
+            .slots
+            .get(candidate.0 as usize)
+            .is_some_and(|s| s.state & OCCUPIED != 0 && s.key == *key);
+        let (index, referenced) = if in_front {
+            self.counters.cache_hits.inc();
+            (candidate.0 as usize, REFERENCED)
         } else {
-            let slots = &self.slots;
-            self.table
-                .find(hash, |&i| slots[i as usize].key == *key)
-                .copied()
+            self.lookup_table(key, hash)
         };
+        let tick = self.tick(now);
+        let slot = &mut self.slots[index];
+        slot.last_seen = tick;
+        slot.state |= referenced | if closing { CLOSING } else { 0 };
+        &mut slot.entry
+    }
+
+    /// The hash table's answer for a key the front cache did not know (inserting it if
+    /// new), and whether it counts as referenced; enters it in the front cache.
+    #[inline(never)]
+    fn lookup_table(&mut self, key: &FlowKey, hash: u64) -> (usize, u8) {
+        let slots = &self.slots;
+        let found = self
+            .table
+            .find(hash, |&i| slots[i as usize].key == *key)
+            .copied();
         // A new flow enters unreferenced: one-packet flows (scans, churn) are the first
         // the CLOCK hand takes, while flows that come back keep their place.
-        let (index, hit) = match found {
+        let (index, referenced) = match found {
             Some(i) => {
                 self.counters.cache_hits.inc();
-                (i as usize, true)
+                (i as usize, REFERENCED)
             }
             None => {
                 self.counters.cache_misses.inc();
-                (self.insert(*key, hash), false)
+                (self.insert(*key, hash), 0)
             }
         };
-        self.front[fi] = Front {
-            hash,
-            slot: index as u32,
+        let tag = (hash >> 32) as u32;
+        let bi = self.bucket(hash);
+        let bucket = &mut self.front[bi];
+        let w = match bucket.way(tag) {
+            Some(w) => w,
+            None => match bucket.slots.iter().position(|&s| s == Candidate::NONE.0) {
+                Some(w) => w,
+                None => {
+                    self.front_victim = self.front_victim.wrapping_add(1);
+                    self.front_victim % WAYS
+                }
+            },
         };
-        let slot = &mut self.slots[index];
-        slot.last_seen = now;
-        slot.referenced = hit;
-        slot.closing |= closing;
-        &mut slot.entry
+        bucket.tags[w] = tag;
+        bucket.slots[w] = index as u32;
+        (index, referenced)
     }
 
     fn insert(&mut self, key: FlowKey, hash: u64) -> usize {
@@ -221,13 +367,10 @@ impl FlowCache {
             entry: FlowEntry {
                 policy: FlowEntry::NO_POLICY,
                 generation: FlowEntry::UNCLASSIFIED,
-                hash,
                 shaper_hint: ShaperHint::NONE,
             },
             last_seen: 0,
-            referenced: false,
-            closing: false,
-            occupied: true,
+            state: OCCUPIED,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -239,9 +382,9 @@ impl FlowCache {
                 self.slots.len() - 1
             }
         };
-        let slots = &self.slots;
+        let (slots, hasher) = (&self.slots, &self.hasher);
         self.table
-            .insert_unique(hash, index as u32, |&i| slots[i as usize].entry.hash);
+            .insert_unique(hash, index as u32, |&i| hasher.hash(&slots[i as usize].key));
         self.counters.cache_entries.set(self.table.len() as u64);
         index
     }
@@ -253,19 +396,19 @@ impl FlowCache {
             let i = self.evict_hand % n;
             self.evict_hand = i + 1;
             let slot = &mut self.slots[i];
-            if !slot.occupied {
+            if slot.state & OCCUPIED == 0 {
                 continue;
             }
-            if !slot.referenced {
+            if slot.state & REFERENCED == 0 {
                 return i;
             }
-            slot.referenced = false;
+            slot.state &= !REFERENCED;
         }
         // Everything the hand passed was in use: take the next occupied slot.
         loop {
             let i = self.evict_hand % n;
             self.evict_hand = i + 1;
-            if self.slots[i].occupied {
+            if self.slots[i].state & OCCUPIED != 0 {
                 return i;
             }
         }
@@ -273,13 +416,16 @@ impl FlowCache {
 
     fn remove(&mut self, index: usize, why: Eviction) {
         let slot = &mut self.slots[index];
-        let (hash, key) = (slot.entry.hash, slot.key);
-        slot.occupied = false;
-        let slots = &self.slots;
-        if let Ok(e) = self.table.find_entry(hash, |&i| {
-            slots[i as usize].key == key && i as usize == index
-        }) {
+        slot.state = 0;
+        let key = slot.key;
+        let hash = self.hasher.hash(&key);
+        if let Ok(e) = self.table.find_entry(hash, |&i| i as usize == index) {
             e.remove();
+        }
+        let bi = self.bucket(hash);
+        let bucket = &mut self.front[bi];
+        for s in bucket.slots.iter_mut().filter(|s| **s == index as u32) {
+            *s = Candidate::NONE.0;
         }
         self.free.push(index as u32);
         self.counters.evictions[why as usize].inc();
@@ -293,30 +439,32 @@ impl FlowCache {
         if n == 0 {
             return;
         }
+        let tick = self.tick(now);
         for _ in 0..budget.min(n) {
             let i = self.expire_hand % n;
             self.expire_hand = i + 1;
             let slot = &self.slots[i];
-            if !slot.occupied {
+            if slot.state & OCCUPIED == 0 {
                 continue;
             }
-            let idle = now.saturating_sub(slot.last_seen);
-            if slot.closing && idle > self.timeouts.tcp_closed {
+            // Wrapping, signed: `last_seen` is 32 bits of ticks, every slot is looked at
+            // far more often than they wrap, and a flow seen after `now` is not idle.
+            let idle = tick.wrapping_sub(slot.last_seen) as i32;
+            if slot.state & CLOSING != 0 && idle > self.closed_ticks {
                 self.remove(i, Eviction::TcpClose);
-            } else if idle > self.timeouts.idle {
+            } else if idle > self.idle_ticks {
                 self.remove(i, Eviction::Idle);
             }
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     impl FlowCache {
         fn find(&self, key: &FlowKey) -> Option<FlowEntry> {
-            let hash = self.hasher.hash_one(key);
+            let hash = self.hasher.hash(key);
             let slots = &self.slots;
             self.table
                 .find(hash, |&i| slots[i as usize].key == *key)
@@ -387,6 +535,60 @@ mod tests {
         for n in survivors {
             assert_eq!(fc.find(&key(n)).unwrap().policy, n);
         }
+    }
+
+    #[test]
+    fn a_slot_and_a_front_bucket_are_one_cache_line_each() {
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
+        assert_eq!(std::mem::size_of::<FrontBucket>(), 64);
+    }
+
+    #[test]
+    fn flows_beyond_a_full_front_bucket_are_still_found() {
+        // 2 000 flows over 512 buckets of 8 ways: a few buckets get more than 8 flows,
+        // whose extra flows take turns in the ways and otherwise come from the table.
+        let (mut fc, c) = cache(2000);
+        assert_eq!(fc.front.len(), 512);
+        for n in 0..2000 {
+            let e = fc.lookup(&key(n), 0, false);
+            e.policy = n;
+            e.generation = 1;
+        }
+        let crowded = fc
+            .front
+            .iter()
+            .filter(|b| b.slots.iter().all(|&s| s != Candidate::NONE.0))
+            .count();
+        assert!(crowded > 0, "some bucket is full");
+        for round in 0..3 {
+            for n in 0..2000 {
+                let e = *fc.lookup(&key(n), round, false);
+                assert_eq!((e.policy, e.generation), (n, 1), "flow {n}");
+            }
+        }
+        assert_eq!(c.cache_hits.get(), 6000);
+        assert_eq!(c.cache_misses.get(), 2000);
+    }
+
+    #[test]
+    fn timeouts_in_seconds_of_a_real_tsc_stay_exact_to_a_tenth_of_a_percent() {
+        let hz = 2_450_000_000u64;
+        let timeouts = Timeouts {
+            idle: 30 * hz,
+            tcp_closed: 2 * hz,
+        };
+        let mut fc = FlowCache::new(16, timeouts, Arc::new(WorkerCounters::default()));
+        let start = 1u64 << 40;
+        fc.lookup(&key(1), start, true);
+        fc.lookup(&key(2), start, false);
+        fc.expire(start + 2 * hz - hz / 500, 16);
+        assert_eq!(fc.len(), 2, "closed flow kept until its 2 s are up");
+        fc.expire(start + 2 * hz + hz / 500, 16);
+        assert_eq!(fc.len(), 1, "closed flow gone just after 2 s");
+        fc.expire(start + 30 * hz - hz / 100, 16);
+        assert_eq!(fc.len(), 1);
+        fc.expire(start + 30 * hz + hz / 100, 16);
+        assert!(fc.is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use control::{Direction, MatchKey};
 
 use crate::counters::WorkerCounters;
-use crate::flow_cache::{FlowCache, FlowEntry, Timeouts};
+use crate::flow_cache::{generation_tag, Candidate, FlowCache, FlowEntry, Probe, Timeouts};
 use crate::fragments::FragmentTable;
 use crate::policy_set::{PolicySet, Subscriber};
 use crate::shaper::{Decision, ScopeKey, ShaperHint, WorkerShapers};
@@ -151,6 +151,7 @@ impl Pipeline {
     pub fn process(&mut self, frame: &mut [u8], side: Side, now: u64) -> Verdict {
         self.staged.clear();
         self.stage(Some(frame), side);
+        self.prefetch_staged();
         let verdict = self.process_staged(0, frame, now);
         self.staged.clear();
         verdict
@@ -170,15 +171,21 @@ impl Pipeline {
             }
             _ => 0,
         };
-        self.staged.push(Staged { parsed, hash });
+        self.staged.push(Staged {
+            parsed,
+            probe: Probe {
+                hash,
+                candidate: Candidate::NONE,
+            },
+        });
     }
 
     /// Second stage: starts loading the flow-cache slot of every staged frame.
     #[inline]
-    pub fn prefetch_staged(&self) {
-        for s in &self.staged {
+    pub fn prefetch_staged(&mut self) {
+        for s in &mut self.staged {
             if let Some(Parsed::Ip(_)) = s.parsed {
-                self.cache.prefetch_slot(s.hash);
+                s.probe.candidate = self.cache.prefetch_slot(s.probe.hash);
             }
         }
     }
@@ -194,7 +201,7 @@ impl Pipeline {
     pub fn process_staged(&mut self, i: usize, frame: &mut [u8], now: u64) -> Verdict {
         // Borrowed, not copied: the parsed frame is most of a cache line.
         let staged = &self.staged[i];
-        let hash = staged.hash;
+        let probe = staged.probe;
         let info = match &staged.parsed {
             Some(Parsed::Ip(info)) => info,
             Some(Parsed::NonIp) => {
@@ -222,10 +229,10 @@ impl Pipeline {
             set,
             self.worker,
             info,
-            hash,
+            probe,
             now,
         ) {
-            Classified::Flow(entry) => (entry.policy, entry.hash, &mut entry.shaper_hint),
+            Classified::Flow(entry) => (entry.policy, probe.hash, &mut entry.shaper_hint),
             Classified::Fragment { policy, hash } => (policy, hash, &mut fragment_hint),
         };
         if policy == FlowEntry::NO_POLICY {
@@ -277,11 +284,12 @@ impl Pipeline {
     }
 }
 
-/// A frame after the first stage of a burst: parsed (`None`: oversized) and hashed.
+/// A frame after the first stages of a burst: parsed (`None`: oversized), hashed, and
+/// the flow-cache slot the front cache names for it.
 #[derive(Clone, Copy)]
 struct Staged {
     parsed: Option<Parsed>,
-    hash: u64,
+    probe: Probe,
 }
 
 /// Where a packet's classification came from.
@@ -301,7 +309,7 @@ fn classify<'a>(
     set: &PolicySet,
     worker: usize,
     info: &PacketInfo,
-    hash: u64,
+    probe: Probe,
     now: u64,
 ) -> Classified<'a> {
     let generation = set.generation;
@@ -311,16 +319,17 @@ fn classify<'a>(
         }
     }
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
-    let entry = cache.lookup_hashed(&info.key, hash, now, closing);
-    if entry.generation != generation {
+    let entry = cache.lookup_probed(&info.key, probe, now, closing);
+    let tag = generation_tag(generation);
+    if entry.generation != tag {
         entry.policy = first_packet(set, &info.key);
-        entry.generation = generation;
+        entry.generation = tag;
         if entry.policy != FlowEntry::NO_POLICY {
             set.actions(entry.policy).stats.worker(worker).flows.inc();
         }
     }
     if let Fragment::First { id } = info.fragment {
-        fragments.remember(&info.key, id, entry.policy, entry.hash, generation);
+        fragments.remember(&info.key, id, entry.policy, probe.hash, generation);
     }
     Classified::Flow(entry)
 }
