@@ -282,12 +282,23 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     let publisher = Publisher::new(table, args.workers, settings)?;
     let gateway = Gateway::new(&eal, &cfg, &publisher).map_err(|e| e.to_string())?;
     let flag = Arc::new(AtomicBool::new(false));
-    let timer = {
+    // Samples the packet count once per period while the workers run, and stops them.
+    let sampler = {
         let flag = flag.clone();
         let secs = args.seconds;
+        let counters: Vec<Arc<WorkerCounters>> = gateway.counters().to_vec();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_secs_f64(secs));
+            let packets = || sum(counters.iter().map(|c| &**c), packets_of);
+            let started = Instant::now();
+            let mut samples = vec![(0.0, packets())];
+            while started.elapsed().as_secs_f64() < secs {
+                let next = (samples.len() as f64 * PERIOD_S).min(secs);
+                let wait = next - started.elapsed().as_secs_f64();
+                std::thread::sleep(Duration::from_secs_f64(wait.max(0.0)));
+                samples.push((started.elapsed().as_secs_f64(), packets()));
+            }
             flag.store(true, Ordering::Relaxed);
+            samples
         })
     };
     let started = Instant::now();
@@ -296,10 +307,10 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         .collect();
     let report = gateway.run(stops).map_err(|e| e.to_string())?;
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = timer.join();
+    let samples = sampler.join().map_err(|_| "the sampling thread failed")?;
+    let steady = steady_mpps(&samples);
 
     let w: Vec<&WorkerCounters> = report.workers.iter().map(|c| &**c).collect();
-    let packets_of = |c: &WorkerCounters| c.rx_packets[0].get() + c.rx_packets[1].get();
     let per_worker: Vec<f64> = w
         .iter()
         .map(|c| packets_of(c) as f64 / elapsed / 1e6)
@@ -308,8 +319,10 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     let hits = sum(w.iter().copied(), |c| c.cache_hits.get());
     let misses = sum(w.iter().copied(), |c| c.cache_misses.get());
     let flows_seen = sum(w.iter().copied(), |c| c.cache_entries.get());
-    let mpps = total as f64 / elapsed / 1e6;
-    let ns_per_packet = elapsed * 1e9 * args.workers as f64 / total.max(1) as f64;
+    let mean_mpps = total as f64 / elapsed / 1e6;
+    // Like testpmd's figure in scripts/bench: the median period after the first.
+    let mpps = steady.unwrap_or(mean_mpps);
+    let ns_per_packet = 1e3 * args.workers as f64 / mpps;
     let hit_ratio = hits as f64 / (hits + misses).max(1) as f64;
     let unmatched = sum(w.iter().copied(), |c| c.unmatched_packets.get());
     let (delayed, dropped) = publisher
@@ -321,7 +334,8 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         println!(
             "{}",
             json!({
-                "mpps": mpps, "mpps_per_worker": per_worker, "ns_per_packet": ns_per_packet,
+                "mpps": mpps, "mean_mpps": mean_mpps, "mpps_per_worker": per_worker,
+                "ns_per_packet": ns_per_packet,
                 "hit_ratio": hit_ratio, "flows_seen": flows_seen, "flows": args.flows,
                 "policies": args.policies, "workers": args.workers, "packets": total,
                 "unmatched_packets": unmatched, "misses": misses, "seconds": elapsed,
@@ -331,13 +345,14 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         );
     } else {
         println!(
-            "{} flows, {} policies, {} worker(s), {:.1} s: {:.2} Mpps ({}), {:.1} ns/packet, \
-             flow-cache hit ratio {:.4}, {} flows seen, {} packets unmatched",
+            "{} flows, {} policies, {} worker(s), {:.1} s: {:.2} Mpps steady ({:.2} mean: {}), \
+             {:.1} ns/packet, flow-cache hit ratio {:.4}, {} flows seen, {} packets unmatched",
             args.flows,
             args.policies,
             args.workers,
             elapsed,
             mpps,
+            mean_mpps,
             per_worker
                 .iter()
                 .map(|m| format!("{m:.2}"))
@@ -352,8 +367,52 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     Ok(())
 }
 
+/// The sampling period: testpmd's `--stats-period=1` in scripts/bench.
+const PERIOD_S: f64 = 1.0;
+
+fn packets_of(c: &WorkerCounters) -> u64 {
+    c.rx_packets[0].get() + c.rx_packets[1].get()
+}
+
+/// The steady rate in Mpps from (seconds, packets) samples: the median rate of the whole
+/// periods after the first (which holds the start-up and, with many flows, most of the
+/// first-packet classifications); `None` with fewer than two such periods.
+fn steady_mpps(samples: &[(f64, u64)]) -> Option<f64> {
+    let mut rates: Vec<f64> = samples
+        .windows(2)
+        .skip(1)
+        .filter(|w| w[1].0 - w[0].0 > 0.9 * PERIOD_S)
+        .map(|w| (w[1].1 - w[0].1) as f64 / (w[1].0 - w[0].0) / 1e6)
+        .collect();
+    if rates.len() < 2 {
+        return None;
+    }
+    rates.sort_by(f64::total_cmp);
+    Some(rates[rates.len() / 2])
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steady_rate_is_the_median_period_after_the_first() {
+        let samples = [
+            (0.0, 0),
+            (1.0, 1_000_000),
+            (2.0, 6_000_000),
+            (3.0, 11_500_000),
+            (4.0, 16_000_000),
+            (4.3, 17_000_000),
+        ];
+        // Periods after the first: 5.0, 5.5, 4.5 Mpps; the 0.3 s tail is not a whole period.
+        assert_eq!(steady_mpps(&samples), Some(5.0));
+        assert_eq!(steady_mpps(&samples[..3]), None);
+    }
+}
+
+#[cfg(test)]
+mod generator_tests {
     use super::*;
 
     #[test]
