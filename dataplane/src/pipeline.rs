@@ -12,7 +12,7 @@ use crate::flow_cache::{generation_tag, Candidate, FlowCache, FlowEntry, Probe, 
 use crate::fragments::FragmentTable;
 use crate::policy_set::{PolicySet, Subscriber};
 use crate::shaper::{Decision, ScopeKey, ShaperHint, WorkerShapers};
-use crate::wire::{self, FlowKey, Fragment, PacketInfo, Parsed};
+use crate::wire::{self, FlowKey, Fragment, Kind, PacketInfo};
 
 /// The port a frame arrived on. A bump in the wire sends it out of the other one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,11 +102,15 @@ pub struct Pipeline {
     fragments: FragmentTable,
     shapers: WorkerShapers,
     tsc_hz: u64,
-    /// The current burst after its first stage.
-    staged: Vec<Staged>,
+    /// The current burst after its first stages: the first `n_staged` entries.
+    staged: Box<[Staged; Pipeline::MAX_STAGED]>,
+    n_staged: usize,
 }
 
 impl Pipeline {
+    /// The most frames a burst may stage ([`Pipeline::stage`]).
+    pub const MAX_STAGED: usize = 64;
+
     pub fn new(
         worker: usize,
         config: PipelineConfig,
@@ -119,7 +123,8 @@ impl Pipeline {
         Pipeline {
             worker,
             shapers: WorkerShapers::with_capacity(instances, instances),
-            staged: Vec::with_capacity(64),
+            staged: Box::new([Staged::EMPTY; Pipeline::MAX_STAGED]),
+            n_staged: 0,
             tsc_hz,
             cache: FlowCache::new(config.flow_capacity, config.timeouts, counters.clone()),
             fragments: FragmentTable::default(),
@@ -149,42 +154,35 @@ impl Pipeline {
     /// [`Pipeline::prefetch_staged`], then [`Pipeline::process_staged`] each.
     #[inline]
     pub fn process(&mut self, frame: &mut [u8], side: Side, now: u64) -> Verdict {
-        self.staged.clear();
+        self.clear_staged();
         self.stage(Some(frame), side);
         self.prefetch_staged();
         let verdict = self.process_staged(0, frame, now);
-        self.staged.clear();
+        self.clear_staged();
         verdict
     }
 
     /// First stage of a burst: parses the next frame (`None`: one that does not fit a
     /// segment, counted as malformed `oversized`), hashes its flow and starts loading the flow's
     /// front-cache entry.
+    /// At most [`Pipeline::MAX_STAGED`] frames may be staged at once.
     #[inline]
     pub fn stage(&mut self, frame: Option<&[u8]>, side: Side) {
-        let parsed = frame.map(|f| wire::parse(f, side.is_inbound()));
-        let hash = match &parsed {
-            Some(Parsed::Ip(info)) => {
-                let h = self.cache.hash(&info.key);
-                self.cache.prefetch_front(h);
-                h
-            }
-            _ => 0,
-        };
-        self.staged.push(Staged {
-            parsed,
-            probe: Probe {
-                hash,
-                candidate: Candidate::NONE,
-            },
-        });
+        // Parsed in place: moving each result through the stack cost more than parsing.
+        let s = &mut self.staged[self.n_staged];
+        self.n_staged += 1;
+        s.kind = frame.map(|f| wire::parse_into(f, side.is_inbound(), &mut s.info));
+        if s.kind == Some(Kind::Ip) {
+            s.probe.hash = self.cache.hash(&s.info.key);
+            self.cache.prefetch_front(s.probe.hash);
+        }
     }
 
     /// Second stage: starts loading the flow-cache slot of every staged frame.
     #[inline]
     pub fn prefetch_staged(&mut self) {
-        for s in &mut self.staged {
-            if let Some(Parsed::Ip(_)) = s.parsed {
+        for s in &mut self.staged[..self.n_staged] {
+            if s.kind == Some(Kind::Ip) {
                 s.probe.candidate = self.cache.prefetch_slot(s.probe.hash);
             }
         }
@@ -193,24 +191,24 @@ impl Pipeline {
     /// Forgets the staged frames (after the last [`Pipeline::process_staged`] of a burst).
     #[inline]
     pub fn clear_staged(&mut self) {
-        self.staged.clear();
+        self.n_staged = 0;
     }
 
     /// Last stage: processes staged frame `i`, whose bytes are `frame`.
     #[inline]
     pub fn process_staged(&mut self, i: usize, frame: &mut [u8], now: u64) -> Verdict {
         // Borrowed, not copied: the parsed frame is most of a cache line.
-        let staged = &self.staged[i];
+        let staged = &self.staged[..self.n_staged][i];
         let probe = staged.probe;
-        let info = match &staged.parsed {
-            Some(Parsed::Ip(info)) => info,
-            Some(Parsed::NonIp) => {
+        let info = match staged.kind {
+            Some(Kind::Ip) => &staged.info,
+            Some(Kind::NonIp) => {
                 self.counters.non_ip_packets.inc();
                 return Verdict::Forward;
             }
             other => {
                 let slot = match other {
-                    Some(Parsed::Malformed(reason)) => *reason as usize,
+                    Some(Kind::Malformed(reason)) => reason as usize,
                     _ => crate::counters::MALFORMED_OVERSIZED,
                 };
                 self.counters.malformed_packets[slot].inc();
@@ -284,12 +282,25 @@ impl Pipeline {
     }
 }
 
-/// A frame after the first stages of a burst: parsed (`None`: oversized), hashed, and
-/// the flow-cache slot the front cache names for it.
+/// A frame after the first stages of a burst: parsed (`None`: oversized; `info` holds
+/// something only for [`Kind::Ip`]), hashed, and the flow-cache slot the front cache names
+/// for it.
 #[derive(Clone, Copy)]
 struct Staged {
-    parsed: Option<Parsed>,
+    kind: Option<Kind>,
+    info: PacketInfo,
     probe: Probe,
+}
+
+impl Staged {
+    const EMPTY: Staged = Staged {
+        kind: None,
+        info: PacketInfo::EMPTY,
+        probe: Probe {
+            hash: 0,
+            candidate: Candidate::NONE,
+        },
+    };
 }
 
 /// Where a packet's classification came from.

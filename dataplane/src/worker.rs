@@ -13,6 +13,10 @@ use crate::shaper::TimingWheel;
 
 /// Frames taken from a queue at a time, and the TX buffer size.
 pub const BURST: usize = 32;
+const _: () = assert!(
+    BURST <= Pipeline::MAX_STAGED,
+    "a burst must fit the pipeline's stages"
+);
 
 /// One worker's queues: RX and TX on the inside and outside ports, indexed by [`Side`].
 #[derive(Debug)]

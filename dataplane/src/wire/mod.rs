@@ -33,7 +33,8 @@ mod testutil;
 
 pub use mark::{dscp, pcp, set_dscp, set_pcp};
 pub use parse::{
-    parse, FlowKey, Fragment, MalformedReason, PacketInfo, Parsed, MAX_EXTENSION_HEADERS,
+    parse, parse_into, FlowKey, Fragment, Kind, MalformedReason, PacketInfo, Parsed,
+    MAX_EXTENSION_HEADERS,
 };
 
 /// Byte ranges of header fields, as in smoltcp: `Field` is a fixed-size field,

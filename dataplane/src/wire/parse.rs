@@ -175,6 +175,26 @@ pub struct PacketInfo {
     pub tcp_flags: u8,
 }
 
+impl PacketInfo {
+    /// A placeholder to parse into ([`parse_into`]).
+    pub const EMPTY: PacketInfo = PacketInfo {
+        key: FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            vlan: FlowKey::NO_VLAN,
+            protocol: 0,
+            flags: 0,
+        },
+        l3_offset: 0,
+        outer_tag_offset: None,
+        l4_offset: None,
+        fragment: Fragment::None,
+        tcp_flags: 0,
+    };
+}
+
 /// The parser's verdict on a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -241,10 +261,38 @@ pub const MAX_EXTENSION_HEADERS: usize = 8;
 /// [`FlowKey::INBOUND`]. Never panics, never reads past `frame`, never allocates.
 #[inline]
 pub fn parse(frame: &[u8], inbound: bool) -> Parsed {
-    if let Some(info) = fast_path(frame, inbound) {
-        return Parsed::Ip(info);
+    let mut info = PacketInfo::EMPTY;
+    match parse_into(frame, inbound, &mut info) {
+        Kind::Ip => Parsed::Ip(info),
+        Kind::NonIp => Parsed::NonIp,
+        Kind::Malformed(reason) => Parsed::Malformed(reason),
     }
-    parse_general(frame, inbound)
+}
+
+/// What [`parse_into`] found: [`Parsed`] without the packet information.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ip,
+    NonIp,
+    Malformed(MalformedReason),
+}
+
+/// [`parse`], writing an IP frame's information into `info` in place (a worker parses a
+/// burst into an array this way, instead of moving each result through the stack);
+/// `info` means nothing unless the answer is [`Kind::Ip`].
+#[inline]
+pub fn parse_into(frame: &[u8], inbound: bool, info: &mut PacketInfo) -> Kind {
+    if fast_path(frame, inbound, info) {
+        return Kind::Ip;
+    }
+    match parse_general(frame, inbound) {
+        Parsed::Ip(general) => {
+            *info = general;
+            Kind::Ip
+        }
+        Parsed::NonIp => Kind::NonIp,
+        Parsed::Malformed(reason) => Kind::Malformed(reason),
+    }
 }
 
 /// The general parser alone (every frame the fast path declines goes here; tests compare
@@ -265,7 +313,12 @@ fn parse_general(frame: &[u8], inbound: bool) -> Parsed {
 /// malformed, returns `None` and goes the general way. The header views' per-field checks
 /// cost more than half the parse time of these frames.
 #[inline]
-fn fast_path(frame: &[u8], inbound: bool) -> Option<PacketInfo> {
+fn fast_path(frame: &[u8], inbound: bool, out: &mut PacketInfo) -> bool {
+    fast_path_checked(frame, inbound, out).is_some()
+}
+
+#[inline(always)]
+fn fast_path_checked(frame: &[u8], inbound: bool, out: &mut PacketInfo) -> Option<()> {
     const ETH: usize = ethernet::HEADER_LEN;
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let (src, dst, protocol, l4_at, l4_end, flags) = match ethertype {
@@ -305,7 +358,7 @@ fn fast_path(frame: &[u8], inbound: bool) -> Option<PacketInfo> {
     }
     let l4 = &frame[l4_at..l4_at + header];
     let tcp_flags = if protocol == protocol::TCP { l4[13] } else { 0 };
-    Some(PacketInfo {
+    *out = PacketInfo {
         key: FlowKey {
             src,
             dst,
@@ -320,7 +373,8 @@ fn fast_path(frame: &[u8], inbound: bool) -> Option<PacketInfo> {
         l4_offset: Some(l4_at as u16),
         fragment: Fragment::None,
         tcp_flags,
-    })
+    };
+    Some(())
 }
 
 fn parse_frame(frame: &[u8], inbound: bool) -> Result<Option<PacketInfo>, MalformedReason> {
