@@ -324,25 +324,38 @@ fn classify<'a>(
     now: u64,
 ) -> Classified<'a> {
     let generation = set.generation;
-    if let Fragment::NonFirst { id } = info.fragment {
-        if let Some((policy, hash)) = fragments.recall(&info.key, id, generation) {
-            return Classified::Fragment { policy, hash };
+    // One test on the common path: most packets are whole datagrams.
+    let fragment = !matches!(info.fragment, Fragment::None);
+    if fragment {
+        if let Fragment::NonFirst { id } = info.fragment {
+            if let Some((policy, hash)) = fragments.recall(&info.key, id, generation) {
+                return Classified::Fragment { policy, hash };
+            }
         }
     }
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
     let entry = cache.lookup_probed(&info.key, probe, now, closing);
-    let tag = generation_tag(generation);
-    if entry.generation != tag {
-        entry.policy = first_packet(set, &info.key);
-        entry.generation = tag;
-        if entry.policy != FlowEntry::NO_POLICY {
-            set.actions(entry.policy).stats.worker(worker).flows.inc();
+    if entry.generation != generation_tag(generation) {
+        reclassify(entry, set, &info.key, worker);
+    }
+    if fragment {
+        if let Fragment::First { id } = info.fragment {
+            fragments.remember(&info.key, id, entry.policy, probe.hash, generation);
         }
     }
-    if let Fragment::First { id } = info.fragment {
-        fragments.remember(&info.key, id, entry.policy, probe.hash, generation);
-    }
     Classified::Flow(entry)
+}
+
+/// Classifies a new flow, or one last classified under another policy generation (kept
+/// out of the per-packet path: it runs once per flow and reload).
+#[cold]
+#[inline(never)]
+fn reclassify(entry: &mut FlowEntry, set: &PolicySet, key: &FlowKey, worker: usize) {
+    entry.policy = first_packet(set, key);
+    entry.generation = generation_tag(set.generation);
+    if entry.policy != FlowEntry::NO_POLICY {
+        set.actions(entry.policy).stats.worker(worker).flows.inc();
+    }
 }
 
 /// The inside host of a flow (its source when outbound, its destination when inbound),

@@ -321,59 +321,54 @@ fn fast_path(frame: &[u8], inbound: bool, out: &mut PacketInfo) -> bool {
 fn fast_path_checked(frame: &[u8], inbound: bool, out: &mut PacketInfo) -> Option<()> {
     const ETH: usize = ethernet::HEADER_LEN;
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-    let (src, dst, protocol, l4_at, l4_end, flags) = match ethertype {
+    // The addresses go straight into `out` (which means nothing if this declines).
+    let key = &mut out.key;
+    let (protocol, l4_at, l4_end, flags) = match ethertype {
         ethertype::IPV4 => {
             let ip: &[u8; 20] = frame.get(ETH..ETH + 20)?.try_into().ok()?;
             // Version 4, IHL 5; neither More Fragments nor an offset.
             if ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
                 return None;
             }
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src[..4].copy_from_slice(&ip[12..16]);
-            dst[..4].copy_from_slice(&ip[16..20]);
+            key.src = [0; 16];
+            key.dst = [0; 16];
+            key.src[..4].copy_from_slice(&ip[12..16]);
+            key.dst[..4].copy_from_slice(&ip[16..20]);
             let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-            (src, dst, ip[9], ETH + 20, ETH + total, 0)
+            (ip[9], ETH + 20, ETH + total, 0)
         }
         ethertype::IPV6 => {
             let ip: &[u8; 40] = frame.get(ETH..ETH + 40)?.try_into().ok()?;
             if ip[0] >> 4 != 6 {
                 return None;
             }
-            let src: [u8; 16] = ip[8..24].try_into().ok()?;
-            let dst: [u8; 16] = ip[24..40].try_into().ok()?;
+            key.src.copy_from_slice(&ip[8..24]);
+            key.dst.copy_from_slice(&ip[24..40]);
             let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
-            (src, dst, ip[6], ETH + 40, ETH + 40 + payload, FlowKey::IPV6)
+            (ip[6], ETH + 40, ETH + 40 + payload, FlowKey::IPV6)
         }
         _ => return None,
     };
-    let header = match protocol {
-        protocol::TCP => tcp::HEADER_LEN,
-        protocol::UDP => udp::HEADER_LEN,
+    let (header, tcp_flags) = match protocol {
+        protocol::TCP => (tcp::HEADER_LEN, *frame.get(l4_at + 13)?),
+        protocol::UDP => (udp::HEADER_LEN, 0),
         _ => return None,
     };
     // The transport header lies within the IP length, which lies within the frame.
     if l4_end > frame.len() || l4_at + header > l4_end {
         return None;
     }
-    let l4 = &frame[l4_at..l4_at + header];
-    let tcp_flags = if protocol == protocol::TCP { l4[13] } else { 0 };
-    *out = PacketInfo {
-        key: FlowKey {
-            src,
-            dst,
-            src_port: u16::from_be_bytes([l4[0], l4[1]]),
-            dst_port: u16::from_be_bytes([l4[2], l4[3]]),
-            vlan: FlowKey::NO_VLAN,
-            protocol,
-            flags: flags | if inbound { FlowKey::INBOUND } else { 0 },
-        },
-        l3_offset: ETH as u16,
-        outer_tag_offset: None,
-        l4_offset: Some(l4_at as u16),
-        fragment: Fragment::None,
-        tcp_flags,
-    };
+    let ports: &[u8; 4] = frame.get(l4_at..l4_at + 4)?.try_into().ok()?;
+    key.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    key.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    key.vlan = FlowKey::NO_VLAN;
+    key.protocol = protocol;
+    key.flags = flags | if inbound { FlowKey::INBOUND } else { 0 };
+    out.l3_offset = ETH as u16;
+    out.outer_tag_offset = None;
+    out.l4_offset = Some(l4_at as u16);
+    out.fragment = Fragment::None;
+    out.tcp_flags = tcp_flags;
     Some(())
 }
 
