@@ -61,6 +61,8 @@ pub struct Worker {
     pipeline: Pipeline,
     counters: Arc<WorkerCounters>,
     burst: Vec<Mbuf>,
+    /// What the pipeline decided for each frame of `burst`.
+    verdicts: [Verdict; BURST],
     tx_buf: [Vec<Mbuf>; 2],
     wheel: TimingWheel<Parked>,
     backlog_bytes: u64,
@@ -72,11 +74,18 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(queues: WorkerQueues, pipeline: Pipeline, tsc_hz: u64) -> Worker {
+        let burst = Vec::with_capacity(BURST);
+        // rx_burst fills the spare capacity: one verdict per frame it can bring.
+        assert!(
+            burst.capacity() <= BURST,
+            "the RX burst outgrew its verdicts"
+        );
         Worker {
             queues,
             counters: pipeline.counters().clone(),
             pipeline,
-            burst: Vec::with_capacity(BURST),
+            burst,
+            verdicts: [Verdict::Forward; BURST],
             tx_buf: [Vec::with_capacity(BURST), Vec::with_capacity(BURST)],
             wheel: TimingWheel::new(
                 TimingWheel::<Parked>::slot_shift_for(tsc_hz, WHEEL_SLOT_NS),
@@ -193,37 +202,52 @@ impl Worker {
             self.pipeline.prefetch_staged();
         }
         let mut bytes = 0u64;
-        for (i, mut m) in self.burst.drain(..).enumerate() {
-            let len = m.pkt_len();
-            bytes += u64::from(len);
+        let mut all_forward = true;
+        for (i, m) in self.burst.iter_mut().enumerate() {
+            bytes += u64::from(m.pkt_len());
             let verdict = if self.passthrough {
                 Verdict::Forward
             } else {
                 self.pipeline.process_staged(i, m.data_mut(), now)
             };
-            match verdict {
-                Verdict::Forward => {
-                    self.tx_buf[out].push(m);
-                    if self.tx_buf[out].len() == BURST {
-                        flush(
-                            &mut self.queues.tx[out],
-                            &mut self.tx_buf[out],
-                            counters,
-                            out,
+            all_forward &= verdict == Verdict::Forward;
+            self.verdicts[i] = verdict;
+        }
+        if all_forward && self.tx_buf[out].is_empty() {
+            // The usual case: the whole burst leaves as it came, in one TX burst.
+            send(
+                &mut self.queues.tx[out],
+                &mut self.burst,
+                bytes,
+                counters,
+                out,
+            );
+        } else {
+            for (m, &verdict) in self.burst.drain(..).zip(&self.verdicts) {
+                match verdict {
+                    Verdict::Forward => {
+                        self.tx_buf[out].push(m);
+                        if self.tx_buf[out].len() == BURST {
+                            flush(
+                                &mut self.queues.tx[out],
+                                &mut self.tx_buf[out],
+                                counters,
+                                out,
+                            );
+                        }
+                    }
+                    Verdict::At(departure) => {
+                        self.backlog_bytes += u64::from(m.pkt_len());
+                        self.wheel.insert(
+                            Parked {
+                                mbuf: m,
+                                out: out as u8,
+                            },
+                            departure,
                         );
                     }
+                    Verdict::Drop => drop(m),
                 }
-                Verdict::At(departure) => {
-                    self.backlog_bytes += u64::from(len);
-                    self.wheel.insert(
-                        Parked {
-                            mbuf: m,
-                            out: out as u8,
-                        },
-                        departure,
-                    );
-                }
-                Verdict::Drop => drop(m),
             }
         }
         counters.rx_bytes[side.index()].add(bytes);
@@ -250,9 +274,20 @@ fn flush(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, counters: &WorkerCounters, side:
         return;
     }
     let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
+    send(tx, buf, bytes, counters, side);
+}
+
+/// Sends `buf`, which holds `bytes` bytes, emptying it; what the queue refuses is freed
+/// and counted as `tx_full`.
+#[inline]
+fn send(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, bytes: u64, counters: &WorkerCounters, side: usize) {
     let sent = tx.tx_burst(buf);
     counters.tx_packets[side].add(sent as u64);
-    let refused_bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
+    let refused_bytes: u64 = if buf.is_empty() {
+        0
+    } else {
+        buf.iter().map(|m| u64::from(m.pkt_len())).sum()
+    };
     counters.tx_bytes[side].add(bytes - refused_bytes);
     counters.tx_full[side].add(buf.len() as u64);
     buf.clear();
