@@ -197,28 +197,14 @@ impl Pipeline {
     /// Last stage: processes staged frame `i`, whose bytes are `frame`.
     #[inline]
     pub fn process_staged(&mut self, i: usize, frame: &mut [u8], now: u64) -> Verdict {
+        debug_assert!(i < self.n_staged, "frame {i} was not staged");
         // Borrowed, not copied: the parsed frame is most of a cache line.
-        let staged = &self.staged[..self.n_staged][i];
+        let staged = &self.staged[i];
         let probe = staged.probe;
-        let info = match staged.kind {
-            Some(Kind::Ip) => &staged.info,
-            Some(Kind::NonIp) => {
-                self.counters.non_ip_packets.inc();
-                return Verdict::Forward;
-            }
-            other => {
-                let slot = match other {
-                    Some(Kind::Malformed(reason)) => reason as usize,
-                    _ => crate::counters::MALFORMED_OVERSIZED,
-                };
-                self.counters.malformed_packets[slot].inc();
-                return if self.config.drop_malformed {
-                    Verdict::Drop
-                } else {
-                    Verdict::Forward
-                };
-            }
-        };
+        if staged.kind != Some(Kind::Ip) {
+            return self.not_ip(staged.kind);
+        }
+        let info = &staged.info;
         let set = self.policies.set();
         let mut fragment_hint = ShaperHint::NONE;
         let (policy, hash, hint) = match classify(
@@ -279,6 +265,28 @@ impl Pipeline {
             _ => now,
         });
         verdict
+    }
+}
+
+impl Pipeline {
+    /// Counts a frame that is not IP (`None`: oversized) and says what becomes of it.
+    #[cold]
+    #[inline(never)]
+    fn not_ip(&self, kind: Option<Kind>) -> Verdict {
+        let slot = match kind {
+            Some(Kind::NonIp) => {
+                self.counters.non_ip_packets.inc();
+                return Verdict::Forward;
+            }
+            Some(Kind::Malformed(reason)) => reason as usize,
+            _ => crate::counters::MALFORMED_OVERSIZED,
+        };
+        self.counters.malformed_packets[slot].inc();
+        if self.config.drop_malformed {
+            Verdict::Drop
+        } else {
+            Verdict::Forward
+        }
     }
 }
 
