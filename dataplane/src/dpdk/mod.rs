@@ -13,7 +13,7 @@ mod port;
 use std::ffi::CStr;
 use std::fmt;
 
-pub use cpus::CpuSet;
+pub use cpus::{CpuSet, DriverSignalsBlocked};
 pub use eal::{lcores_arg, tsc, virtual_device_args, Eal};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
