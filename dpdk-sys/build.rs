@@ -34,6 +34,8 @@ fn main() {
 
     let mut build = cc::Build::new();
     build.file("shim.c").opt_level(3).warnings(false);
+    // cpu_set_t (rte_lcore_cpuset) is a GNU extension.
+    build.define("_GNU_SOURCE", None);
     for flag in &cflags {
         build.flag(flag);
     }

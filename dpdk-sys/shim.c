@@ -45,3 +45,23 @@ int qosgw_errno(void)
 {
 	return rte_errno;
 }
+
+int qosgw_lcore_cpus(uint64_t *mask, unsigned words)
+{
+	unsigned lcore, cpu;
+
+	for (cpu = 0; cpu < words; cpu++)
+		mask[cpu] = 0;
+	RTE_LCORE_FOREACH(lcore) {
+		rte_cpuset_t set = rte_lcore_cpuset(lcore);
+
+		for (cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+			if (!CPU_ISSET(cpu, &set))
+				continue;
+			if (cpu / 64 >= words)
+				return -1;
+			mask[cpu / 64] |= UINT64_C(1) << (cpu % 64);
+		}
+	}
+	return 0;
+}

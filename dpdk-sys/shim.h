@@ -17,5 +17,9 @@ char *qosgw_pktmbuf_append(struct rte_mbuf *m, uint16_t len);
 uint64_t qosgw_rdtsc(void);
 unsigned qosgw_lcore_id(void);
 int qosgw_errno(void);
+/* The CPUs of every enabled lcore (the main one included) as a bit mask of `words` 64-bit
+ * words, CPU c being bit c % 64 of word c / 64 (rte_lcore_cpuset needs cpu_set_t, which
+ * bindgen does not see). Returns 0, or -1 if an lcore's CPU does not fit in the mask. */
+int qosgw_lcore_cpus(uint64_t *mask, unsigned words);
 
 #endif

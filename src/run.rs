@@ -41,7 +41,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     signals::install();
 
     // The control thread starts before the EAL, which pins the calling thread to the main
-    // lcore's CPU: spawned later it would inherit that pinning and compete with worker 0.
+    // lcore's CPU: spawned later it would inherit that pinning. Once the EAL is up it moves
+    // itself to the CPUs no worker polls (ControlContext::cpus).
     let (to_control, from_main) = mpsc::channel::<ControlContext>();
     let control = std::thread::Builder::new()
         .name("qosgw-control".into())
@@ -99,6 +100,7 @@ fn start(
         ports: gateway.ports().clone(),
         policies_path: cfg.policies.clone(),
         listener,
+        cpus: eal.control_cpus(),
         stop: stop.clone(),
     };
     to_control

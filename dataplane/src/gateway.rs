@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::counters::WorkerCounters;
-use crate::dpdk::{DpdkError, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN};
+use crate::dpdk::{DpdkError, DriverSignalsBlocked, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN};
 use crate::pipeline::{Pipeline, PipelineConfig, Side};
 use crate::policy_set::Publisher;
 use crate::worker::{StopWhen, Worker, WorkerQueues, BURST};
@@ -138,7 +138,8 @@ impl<'e> Gateway<'e> {
     }
 
     /// Runs worker 0 on the calling (main) lcore and the others on the EAL's worker
-    /// lcores, each until its `stops` entry says so; then closes the ports (which flushes
+    /// lcores, each until its `stops` entry says so and leaving the drivers' signals to
+    /// the other threads ([`DriverSignalsBlocked`]); then closes the ports (which flushes
     /// net_pcap files).
     pub fn run(self, mut stops: Vec<StopWhen>) -> Result<RunReport, DpdkError> {
         let Gateway {
@@ -153,14 +154,21 @@ impl<'e> Gateway<'e> {
         let first_stop = stops.remove(0);
         let mut launched = Vec::new();
         for ((mut w, stop), lcore) in workers.into_iter().zip(stops).zip(&lcores) {
-            if let Err(e) = eal.launch(*lcore, move || w.run(&stop)) {
+            let work = move || {
+                let _signals = DriverSignalsBlocked::new();
+                w.run(&stop);
+            };
+            if let Err(e) = eal.launch(*lcore, work) {
                 first_stop.raise();
                 launched.iter().for_each(|&l| eal.wait(l));
                 return Err(e);
             }
             launched.push(*lcore);
         }
-        first.run(&first_stop);
+        {
+            let _signals = DriverSignalsBlocked::new();
+            first.run(&first_stop);
+        }
         drop(first);
         for lcore in launched {
             eal.wait(lcore);

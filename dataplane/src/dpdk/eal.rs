@@ -3,7 +3,7 @@
 use std::ffi::{c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::DpdkError;
+use super::{CpuSet, DpdkError};
 
 /// `rte_eal_init` succeeds once per process; `rte_eal_cleanup` does not reset that.
 static EAL_STARTED: AtomicBool = AtomicBool::new(false);
@@ -12,6 +12,8 @@ static EAL_STARTED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug)]
 pub struct Eal {
     tsc_hz: u64,
+    /// The CPUs the process could use before the EAL pinned the main thread to its lcore.
+    startup_cpus: Option<CpuSet>,
 }
 
 impl Eal {
@@ -24,6 +26,9 @@ impl Eal {
                 "the EAL was already initialised in this process (DPDK allows it only once)",
             ));
         }
+        // rte_eal_init pins the calling thread to the main lcore's CPU: remember what it
+        // had, for the threads that must stay off the lcores' CPUs (Eal::control_cpus).
+        let startup_cpus = CpuSet::of_current_thread().ok();
         let mut owned = vec![CString::new("qosgw").expect("no NUL in a literal")];
         for a in args {
             let a = a.as_ref();
@@ -47,7 +52,10 @@ impl Eal {
         }
         // SAFETY: the EAL is initialised.
         let tsc_hz = unsafe { dpdk_sys::rte_get_tsc_hz() };
-        Ok(Eal { tsc_hz })
+        Ok(Eal {
+            tsc_hz,
+            startup_cpus,
+        })
     }
 
     /// TSC cycles per second, as measured by the EAL.
@@ -66,6 +74,26 @@ impl Eal {
             id = unsafe { dpdk_sys::rte_get_next_lcore(id, 1, 0) };
         }
         out
+    }
+
+    /// The CPUs of every lcore, the main one included: where the workers busy-poll. None
+    /// if one lies beyond the 1024 a [`CpuSet`] holds.
+    pub fn lcore_cpus(&self) -> Option<CpuSet> {
+        let mut words = [0u64; CpuSet::words()];
+        // SAFETY: the EAL is initialised; the mask is `words` 64-bit words long, as the
+        // call says; qosgw_lcore_cpus only reads the EAL's lcore table.
+        let ret = unsafe { dpdk_sys::qosgw_lcore_cpus(words.as_mut_ptr(), words.len() as u32) };
+        (ret == 0).then(|| CpuSet::from_words(words))
+    }
+
+    /// The CPUs for threads other than the workers (control, HTTP): those the process
+    /// could use at start-up less the lcores' CPUs, as DPDK does for its own control
+    /// threads. None when the lcores take every CPU (such threads then stay where they
+    /// are). A thread woken on a worker's CPU preempts the worker, and the packets it
+    /// holds wait for as long.
+    pub fn control_cpus(&self) -> Option<CpuSet> {
+        let rest = self.startup_cpus?.without(&self.lcore_cpus()?);
+        (!rest.is_empty()).then_some(rest)
     }
 
     /// Runs `f` on worker lcore `lcore`. Join it with [`Eal::wait`].

@@ -4,6 +4,7 @@
 //! types whose `Drop` releases them: an [`Mbuf`] is freed, a [`Port`] is stopped and
 //! closed (which is what makes net_pcap write its output file), a [`Mempool`] is freed.
 
+mod cpus;
 mod eal;
 mod mbuf;
 mod mempool;
@@ -12,6 +13,7 @@ mod port;
 use std::ffi::CStr;
 use std::fmt;
 
+pub use cpus::{CpuSet, DriverSignalsBlocked};
 pub use eal::{lcores_arg, tsc, virtual_device_args, Eal};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
