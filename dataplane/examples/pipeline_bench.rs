@@ -85,6 +85,11 @@ fn main() {
     let counters = Arc::new(WorkerCounters::default());
     let mut p = Pipeline::new(0, config, publisher.subscribe(), counters.clone(), hz);
     let mut frames: Vec<Vec<u8>> = (0..flows).map(frame).collect();
+    // PIPELINE_BENCH_STAGES=1 or 2 runs only the first stages (to count what each costs).
+    let stages: u32 = std::env::var("PIPELINE_BENCH_STAGES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let passes = (packets / flows).max(2) as u64;
     for (label, passes) in [("warm-up", 2), ("measured", passes)] {
         let t = Instant::now();
@@ -95,9 +100,13 @@ fn main() {
                 for f in burst.iter() {
                     p.stage(Some(f), Side::Inside);
                 }
-                p.prefetch_staged();
-                for (i, f) in burst.iter_mut().enumerate() {
-                    std::hint::black_box(p.process_staged(i, f, pass));
+                if stages > 1 {
+                    p.prefetch_staged();
+                }
+                if stages > 2 {
+                    for (i, f) in burst.iter_mut().enumerate() {
+                        std::hint::black_box(p.process_staged(i, f, pass));
+                    }
                 }
                 p.clear_staged();
                 n += burst.len() as u64;
