@@ -163,9 +163,9 @@ impl Pipeline {
     }
 
     /// First stage of a burst: parses the next frame (`None`: one that does not fit a
-    /// segment, counted as malformed `oversized`), hashes its flow and starts loading the flow's
-    /// front-cache entry.
-    /// At most [`Pipeline::MAX_STAGED`] frames may be staged at once.
+    /// segment, counted as malformed `oversized`), hashes its flow and starts loading the
+    /// flow's front-cache bucket. At most [`Pipeline::MAX_STAGED`] frames are staged at once.
+    /// Only the frames of one burst at a time: [`Pipeline::clear_staged`] after it.
     #[inline]
     pub fn stage(&mut self, frame: Option<&[u8]>, side: Side) {
         // Parsed in place: moving each result through the stack cost more than parsing.
