@@ -45,23 +45,24 @@ impl Rng {
     }
 }
 
+/// The flows' entries, on huge pages like the worker's flow cache.
 fn flows(n: usize) -> Vec<Flow> {
-    (0..n)
-        .map(|i| {
-            let mut host = [0u8; 16];
-            host[10] = 0xff;
-            host[11] = 0xff;
-            host[12..].copy_from_slice(&(0x0a00_0000u32 + i as u32).to_be_bytes());
-            Flow {
-                key: ScopeKey {
-                    host,
-                    flow: (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                },
-                hint: ShaperHint::NONE,
-                bytes: 0,
-            }
-        })
-        .collect()
+    let mut v = dataplane::huge_pages::vec_with_capacity(n);
+    v.extend((0..n).map(|i| {
+        let mut host = [0u8; 16];
+        host[10] = 0xff;
+        host[11] = 0xff;
+        host[12..].copy_from_slice(&(0x0a00_0000u32 + i as u32).to_be_bytes());
+        Flow {
+            key: ScopeKey {
+                host,
+                flow: (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            },
+            hint: ShaperHint::NONE,
+            bytes: 0,
+        }
+    }));
+    v
 }
 
 fn len_of(r: u64) -> u32 {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use hashbrown::hash_table::HashTable;
 
 use crate::counters::{Eviction, WorkerCounters};
+use crate::huge_pages;
 use crate::prefetch::prefetch;
 use crate::shaper::ShaperHint;
 use crate::wire::FlowKey;
@@ -213,12 +214,15 @@ impl FlowCache {
         let shorter = timeouts.idle.min(timeouts.tcp_closed).max(1);
         let tick_shift = (63 - shorter.leading_zeros()).saturating_sub(10);
         let ticks = |t: u64| i32::try_from(t >> tick_shift).unwrap_or(i32::MAX);
+        // The two big tables on huge pages (asked for before their memory is touched).
+        let mut front = huge_pages::vec_with_capacity(buckets);
+        front.resize(buckets, FrontBucket::EMPTY);
         FlowCache {
-            front: vec![FrontBucket::EMPTY; buckets].into_boxed_slice(),
+            front: front.into_boxed_slice(),
             front_mask: buckets - 1,
             front_victim: 0,
             table: HashTable::with_capacity(capacity),
-            slots: Vec::with_capacity(capacity),
+            slots: huge_pages::vec_with_capacity(capacity),
             free: Vec::with_capacity(capacity),
             capacity,
             hasher: FlowHasher::new(),

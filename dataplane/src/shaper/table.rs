@@ -66,7 +66,8 @@ impl<K: Copy + Eq + Hash> ShaperTable<K> {
     pub fn with_capacity(capacity: usize) -> ShaperTable<K> {
         ShaperTable {
             index: HashMap::with_capacity(capacity),
-            slots: Vec::with_capacity(capacity),
+            // Millions of instances are touched at random: on huge pages (see huge_pages).
+            slots: crate::huge_pages::vec_with_capacity(capacity),
             free: NIL,
             live: 0,
             sweep: 0,
