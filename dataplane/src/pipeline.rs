@@ -332,13 +332,9 @@ fn classify<'a>(
     now: u64,
 ) -> Classified<'a> {
     let generation = set.generation;
-    // One test on the common path: most packets are whole datagrams.
-    let fragment = !matches!(info.fragment, Fragment::None);
-    if fragment {
-        if let Fragment::NonFirst { id } = info.fragment {
-            if let Some((policy, hash)) = fragments.recall(&info.key, id, generation) {
-                return Classified::Fragment { policy, hash };
-            }
+    if let Fragment::NonFirst { id } = info.fragment {
+        if let Some((policy, hash)) = fragments.recall(&info.key, id, generation) {
+            return Classified::Fragment { policy, hash };
         }
     }
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
@@ -346,10 +342,8 @@ fn classify<'a>(
     if entry.generation != generation_tag(generation) {
         reclassify(entry, set, &info.key, worker);
     }
-    if fragment {
-        if let Fragment::First { id } = info.fragment {
-            fragments.remember(&info.key, id, entry.policy, probe.hash, generation);
-        }
+    if let Fragment::First { id } = info.fragment {
+        fragments.remember(&info.key, id, entry.policy, probe.hash, generation);
     }
     Classified::Flow(entry)
 }
