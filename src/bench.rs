@@ -409,11 +409,6 @@ mod tests {
         assert_eq!(steady_mpps(&samples), Some(5.0));
         assert_eq!(steady_mpps(&samples[..3]), None);
     }
-}
-
-#[cfg(test)]
-mod generator_tests {
-    use super::*;
 
     #[test]
     fn generated_flows_are_distinct_and_policies_valid_and_matching() {
