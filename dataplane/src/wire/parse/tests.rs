@@ -100,6 +100,25 @@ fn flow_key_is_compact() {
 }
 
 #[test]
+fn flow_key_words_round_trip() {
+    let mut rng = XorShift::new(7);
+    for _ in 0..1000 {
+        let w = [rng.next(), rng.next(), rng.next(), rng.next(), rng.next()];
+        let key = FlowKey::from_words(w);
+        assert_eq!(key.words(), w);
+        assert_eq!(key, FlowKey::from_words(key.words()));
+    }
+    let key = info(&eth4(&V4::new(6).build(&testutil::tcp(1234, 80, 0)))).key;
+    // The words are the key's bytes in order, little-endian.
+    assert_eq!(
+        key.words()[0] as u32,
+        u32::from_le_bytes(key.src[..4].try_into().unwrap())
+    );
+    assert_eq!(key.words()[4] as u16, 1234);
+    assert_eq!((key.words()[4] >> 16) as u16, 80);
+}
+
+#[test]
 fn ipv4_tcp() {
     let frame = eth4(&V4::new(TCP).build(&testutil::tcp(40000, 443, flags::SYN | flags::ACK)));
     let info = info(&frame);
