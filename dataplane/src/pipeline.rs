@@ -227,7 +227,7 @@ impl Pipeline {
             return Verdict::Forward;
         }
         let actions = set.actions(policy);
-        let counters = actions.stats.worker(self.worker);
+        let counters = actions.counters(self.worker);
         let len = frame.len() as u32;
         let verdict = match &actions.shaper {
             None => Verdict::Forward,
@@ -356,7 +356,7 @@ fn reclassify(entry: &mut FlowEntry, set: &PolicySet, key: &FlowKey, worker: usi
     entry.policy = first_packet(set, key);
     entry.generation = generation_tag(set.generation);
     if entry.policy != FlowEntry::NO_POLICY {
-        set.actions(entry.policy).stats.worker(worker).flows.inc();
+        set.actions(entry.policy).counters(worker).flows.inc();
     }
 }
 
