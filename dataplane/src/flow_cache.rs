@@ -445,7 +445,12 @@ impl FlowCache {
         }
         let tick = self.tick(now);
         for _ in 0..budget.min(n) {
-            let i = self.expire_hand % n;
+            // The hand wraps by a compare: a division per slot cost more than the look.
+            let i = if self.expire_hand < n {
+                self.expire_hand
+            } else {
+                0
+            };
             self.expire_hand = i + 1;
             let slot = &self.slots[i];
             if slot.state & OCCUPIED == 0 {
