@@ -51,6 +51,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(packet)
     }
 
+    /// Wraps `buffer` without checking it: for a header the parser has already checked.
+    /// Accessors panic if the buffer is shorter than what they read; the fixed header's
+    /// fields need [`HEADER_LEN`] bytes.
+    #[inline]
+    pub fn new_unchecked(buffer: T) -> Self {
+        Packet { buffer }
+    }
+
     #[inline]
     pub fn into_inner(self) -> T {
         self.buffer

@@ -2,8 +2,8 @@
 //! the outer VLAN tag's 802.1p PCP.
 //!
 //! Each function takes the [`PacketInfo`] that [`parse`](super::parse) returned
-//! for the same frame. Should the two not match, the views' length checks make
-//! the call a no-op rather than a panic or an out-of-bounds write.
+//! for the same frame. Should the two not match, a call may write the wrong bytes of
+//! the fixed header at `l3_offset`, but never panics or writes out of bounds.
 
 use super::parse::PacketInfo;
 use super::{ipv4, ipv6, vlan};
@@ -14,15 +14,15 @@ use super::{ipv4, ipv6, vlan};
 /// these bits (the pseudo-headers leave TOS / Traffic Class out).
 #[inline]
 pub fn set_dscp(frame: &mut [u8], info: &PacketInfo, dscp: u8) {
-    let Some(l3) = frame.get_mut(usize::from(info.l3_offset)..) else {
-        return;
-    };
+    // The parser checked the header: only the fixed part is touched, so only its
+    // bounds are checked again (the views' full checks re-read every length field).
+    let l3 = usize::from(info.l3_offset);
     if info.key.is_ipv6() {
-        if let Ok(mut ip) = ipv6::Packet::new_checked(l3) {
-            ip.set_dscp(dscp);
+        if let Some(header) = frame.get_mut(l3..l3 + ipv6::HEADER_LEN) {
+            ipv6::Packet::new_unchecked(header).set_dscp(dscp);
         }
-    } else if let Ok(mut ip) = ipv4::Packet::new_checked(l3) {
-        ip.set_dscp(dscp);
+    } else if let Some(header) = frame.get_mut(l3..l3 + ipv4::HEADER_LEN) {
+        ipv4::Packet::new_unchecked(header).set_dscp(dscp);
     }
 }
 
@@ -142,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_info_is_a_no_op() {
+    fn mismatched_info_writes_nothing_out_of_place() {
         let frame = testutil::ethernet(
             &[(VLAN, 1)],
             IPV4,
@@ -153,12 +153,15 @@ mod tests {
             let mut short = frame[..len].to_vec();
             set_dscp(&mut short, &info, 63);
             set_pcp(&mut short, &info, 7);
-            // The tag is whole from 18 bytes on, the IP datagram from 46.
+            // The tag is whole from 18 bytes on, the fixed IPv4 header from 38: only then
+            // are its TOS (19) and checksum (28, 29) written.
             let changed = diff(&short, &frame[..len]);
             if len < 18 {
                 assert!(changed.is_empty(), "len {len}");
-            } else if len < 18 + 28 {
+            } else if len < 18 + 20 {
                 assert_eq!(changed, vec![14], "len {len}");
+            } else {
+                assert_eq!(changed, vec![14, 19, 28, 29], "len {len}");
             }
         }
     }
