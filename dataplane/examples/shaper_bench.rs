@@ -45,14 +45,15 @@ impl Rng {
     }
 }
 
-/// The flows' entries, on huge pages like the worker's flow cache.
-fn flows(n: usize) -> Vec<Flow> {
+/// `n` flows' entries, on huge pages like the worker's flow cache; flow `i` belongs to
+/// inside host `i % hosts`.
+fn flows(n: usize, hosts: usize) -> Vec<Flow> {
     let mut v = dataplane::huge_pages::vec_with_capacity(n);
     v.extend((0..n).map(|i| {
         let mut host = [0u8; 16];
         host[10] = 0xff;
         host[11] = 0xff;
-        host[12..].copy_from_slice(&(0x0a00_0000u32 + i as u32).to_be_bytes());
+        host[12..].copy_from_slice(&(0x0a00_0000u32 + (i % hosts) as u32).to_be_bytes());
         Flow {
             key: ScopeKey {
                 host,
@@ -96,7 +97,7 @@ fn burst(rng: &mut Rng, n: usize) -> [(usize, u32); BURST] {
 /// Unshaped: per RX burst, load the flows' entries, then count each packet's bytes in its
 /// entry and send it.
 fn unshaped(n: usize) -> f64 {
-    let mut flows = flows(n);
+    let mut flows = flows(n, n);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let run = |flows: &mut Vec<Flow>, rng: &mut Rng, packets: u64| {
         let mut sent = 0u64;
@@ -164,12 +165,15 @@ impl Sim {
     }
 }
 
-/// Shaped through `WorkerShapers` (`host` or `flow` scope) and a timing wheel. Returns the
-/// ns per packet and the share of packets delayed.
-fn shaped(n: usize, scope: ThrottleScope) -> (f64, f64) {
-    // Each flow is offered TSC_HZ / (STEP × n) packets per second of 789 bytes on average;
-    // its rate is 1.25 × that.
-    let offered_bps = TSC_HZ as u128 * 789 * 8 / (STEP as u128 * n as u128);
+/// Shaped through `WorkerShapers` (`host` or `flow` scope) and a timing wheel: `n` flows
+/// over `shapers` shapers (`flow` scope: one per flow, so `shapers` must be `n`; `host`
+/// scope: flow `i` belongs to host `i % shapers`). Returns the ns per packet and the share of
+/// packets delayed.
+fn shaped(n: usize, shapers: usize, scope: ThrottleScope) -> (f64, f64) {
+    assert!(scope != ThrottleScope::Flow || shapers == n);
+    // Each shaper is offered TSC_HZ / (STEP × shapers) packets per second of 789 bytes on
+    // average; its rate is 1.25 × that.
+    let offered_bps = TSC_HZ as u128 * 789 * 8 / (STEP as u128 * shapers as u128);
     let bps = (offered_bps * 5 / 4).clamp(Rate::MIN_BPS as u128, Rate::MAX_BPS as u128) as u64;
     let cfg = ShaperConfig::new(Rate::new(bps, TSC_HZ).unwrap(), 0, u64::MAX);
     let registry = ShaperRegistry::new();
@@ -180,7 +184,7 @@ fn shaped(n: usize, scope: ThrottleScope) -> (f64, f64) {
         now: 1 << 40,
         delayed: 0,
     };
-    let mut flows = flows(n);
+    let mut flows = flows(n, shapers);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     // Warm up: create every shaper, then reach a steady backlog.
     for f in flows.iter_mut() {
@@ -274,7 +278,7 @@ fn accuracy(bps: u64, len: u32) -> f64 {
     let registry = ShaperRegistry::new();
     let shaper: PolicyShaper = registry.shaper_for("acc", ThrottleScope::Policy, cfg);
     let mut shapers = WorkerShapers::with_capacity(1, 1);
-    let key = flows(1)[0].key;
+    let key = flows(1, 1)[0].key;
     let mut hint = ShaperHint::NONE;
     let mut wheel: TimingWheel<()> =
         TimingWheel::new(TimingWheel::<()>::slot_shift_for(hz, 2_000), 0);
@@ -299,16 +303,20 @@ fn accuracy(bps: u64, len: u32) -> f64 {
 }
 
 fn main() {
-    // `shaper_bench flow 100000`: one row only (for profiling).
+    // `shaper_bench flow 100000`: one row only (for profiling); `shaper_bench host 1000
+    // 1000000`: 1 000 host shapers over a million flows.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [scope, n] = args.as_slice() {
+    if let [scope, n, more @ ..] = args.as_slice() {
         let scope = if scope == "host" {
             ThrottleScope::Host
         } else {
             ThrottleScope::Flow
         };
-        let n: usize = n.parse().expect("a number of shapers");
-        let (ns, delayed) = shaped(n, scope);
+        let shapers: usize = n.parse().expect("a number of shapers");
+        let flows = more
+            .first()
+            .map_or(shapers, |f| f.parse().expect("a number of flows"));
+        let (ns, delayed) = shaped(flows, shapers, scope);
         println!("{ns:.1} ns per packet, {:.0} % delayed", delayed * 100.0);
         return;
     }
@@ -321,7 +329,7 @@ fn main() {
             let base = (0..3).map(|_| unshaped(n)).fold(f64::MAX, f64::min);
             let (ns, delayed) =
                 (0..3)
-                    .map(|_| shaped(n, scope))
+                    .map(|_| shaped(n, n, scope))
                     .fold(
                         (f64::MAX, 0.0),
                         |best, r| if r.0 < best.0 { r } else { best },
@@ -336,6 +344,25 @@ fn main() {
     }
     let policy = (0..3).map(|_| shaped_policy()).fold(f64::MAX, f64::min);
     println!("| policy (atomic, 1 worker) | 1 | | {policy:.1} | | |");
+    println!();
+    // The same shapers over a fixed population of flows: only the number of shapers
+    // changes from row to row, not how many flow entries the packets touch.
+    const FLOWS: usize = 1_000_000;
+    println!("## host scope over {FLOWS} flows throughout, ns per packet");
+    println!("| host shapers | unshaped | shaped | shaped / unshaped | share delayed |");
+    println!("|---:|---:|---:|---:|---:|");
+    let base = (0..3).map(|_| unshaped(FLOWS)).fold(f64::MAX, f64::min);
+    for &n in &[1usize, 1_000, 100_000, 1_000_000] {
+        let (ns, delayed) = (0..3).map(|_| shaped(FLOWS, n, ThrottleScope::Host)).fold(
+            (f64::MAX, 0.0),
+            |best, r| if r.0 < best.0 { r } else { best },
+        );
+        println!(
+            "| {n} | {base:.1} | {ns:.1} | {:.1} | {:.0} % |",
+            ns / base,
+            delayed * 100.0
+        );
+    }
     println!();
     println!(
         "## policy scope: one atomic clock, schedule only (no wheel), ns per packet per worker"
