@@ -201,6 +201,16 @@ pub struct FlowCache {
     counters: Arc<WorkerCounters>,
 }
 
+/// The slot a round-robin `hand` over `n` slots points at, moving the hand on. It wraps by
+/// a compare: a division per step cost more than the look at the slot. (`slots` never
+/// shrinks, so the hand is never beyond `n`.)
+#[inline]
+fn advance(hand: &mut usize, n: usize) -> usize {
+    let i = if *hand < n { *hand } else { 0 };
+    *hand = i + 1;
+    i
+}
+
 /// How far the CLOCK hand may travel for one eviction before it takes whatever it is on.
 const MAX_CLOCK_STEPS: usize = 64;
 
@@ -397,8 +407,7 @@ impl FlowCache {
     fn clock_victim(&mut self) -> usize {
         let n = self.slots.len();
         for _ in 0..MAX_CLOCK_STEPS {
-            let i = self.evict_hand % n;
-            self.evict_hand = i + 1;
+            let i = advance(&mut self.evict_hand, n);
             let slot = &mut self.slots[i];
             if slot.state & OCCUPIED == 0 {
                 continue;
@@ -410,8 +419,7 @@ impl FlowCache {
         }
         // Everything the hand passed was in use: take the next occupied slot.
         loop {
-            let i = self.evict_hand % n;
-            self.evict_hand = i + 1;
+            let i = advance(&mut self.evict_hand, n);
             if self.slots[i].state & OCCUPIED != 0 {
                 return i;
             }
@@ -445,13 +453,7 @@ impl FlowCache {
         }
         let tick = self.tick(now);
         for _ in 0..budget.min(n) {
-            // The hand wraps by a compare: a division per slot cost more than the look.
-            let i = if self.expire_hand < n {
-                self.expire_hand
-            } else {
-                0
-            };
-            self.expire_hand = i + 1;
+            let i = advance(&mut self.expire_hand, n);
             let slot = &self.slots[i];
             if slot.state & OCCUPIED == 0 {
                 continue;
