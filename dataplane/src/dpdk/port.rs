@@ -86,7 +86,7 @@ impl Port {
 
         let mut conf = dpdk_sys::rte_eth_conf::default();
         // Jumbo frames pass through untouched: the MTU is as large as the device allows.
-        conf.rxmode.mtu = (MAX_FRAME_LEN - ETHER_HDR_LEN).min(device_max_mtu(&info));
+        conf.rxmode.mtu = configured_mtu(&info);
         // Chained mbufs only where a frame can outgrow one: scatter makes some drivers
         // (net_tap) read every packet into a chain, which cost a third of TCP throughput
         // through taps. The gateway's pools hold a jumbo frame per mbuf.
@@ -173,7 +173,7 @@ impl Port {
     /// before the port is opened.
     pub fn largest_frame(_eal: &Eal, name: &str) -> Result<u32, DpdkError> {
         let info = device_info(port_id(name)?, name)?;
-        Ok((MAX_FRAME_LEN - ETHER_HDR_LEN).min(device_max_mtu(&info)) + ETHER_HDR_LEN)
+        Ok(configured_mtu(&info) + ETHER_HDR_LEN)
     }
 
     /// The DPDK device name the port was opened by.
@@ -281,6 +281,11 @@ fn device_info(id: u16, name: &str) -> Result<dpdk_sys::rte_eth_dev_info, DpdkEr
         ));
     }
     Ok(info)
+}
+
+/// The MTU a port is configured with: a jumbo frame's, or the device's largest if smaller.
+fn configured_mtu(info: &dpdk_sys::rte_eth_dev_info) -> u32 {
+    (MAX_FRAME_LEN - ETHER_HDR_LEN).min(device_max_mtu(info))
 }
 
 /// The largest MTU the device can receive. Both of its limits count: `max_mtu`, and the
