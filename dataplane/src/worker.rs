@@ -283,11 +283,7 @@ fn flush(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, counters: &WorkerCounters, side:
 fn send(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, bytes: u64, counters: &WorkerCounters, side: usize) {
     let sent = tx.tx_burst(buf);
     counters.tx_packets[side].add(sent as u64);
-    let refused_bytes: u64 = if buf.is_empty() {
-        0
-    } else {
-        buf.iter().map(|m| u64::from(m.pkt_len())).sum()
-    };
+    let refused_bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
     counters.tx_bytes[side].add(bytes - refused_bytes);
     counters.tx_full[side].add(buf.len() as u64);
     buf.clear();
