@@ -19,15 +19,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::Scratch;
+use common::{http, ChildGuard, Scratch};
 
 const CLIENT: &str = "169.254.10.1";
 const CLIENT2: &str = "169.254.10.3";
@@ -96,109 +95,12 @@ fn run_ok(limit: u32, args: &[&str]) -> Output {
     out
 }
 
-fn send_signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// A background process, stopped with `stop_sig` (then SIGKILL after 5 s) when dropped or
-/// stopped; stdout and stderr go to `log`.
-struct Bg {
-    child: Option<Child>,
-    log: PathBuf,
-    stop_sig: &'static str,
-}
-
-impl Bg {
-    fn spawn(args: &[&str], log: PathBuf, stop_sig: &'static str) -> Bg {
-        let file = std::fs::File::create(&log).expect("creating a log file");
-        let child = Command::new(args[0])
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
-        Bg {
-            child: Some(child),
-            log,
-            stop_sig,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until the log contains `needle`; panics with the log if not.
-    fn wait_for_log(&mut self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.log_text().contains(needle) {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "process exited ({status}) before {needle:?}:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} after {limit:?}:\n{}",
-                self.log_text()
-            );
-            sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits (bounded) for the process to exit by itself; kills it if it does not.
-    fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        let child = self.child.as_mut()?;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                self.stop();
-                return None;
-            }
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Stops the process (its signal, then SIGKILL) and returns how it ended.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        send_signal(child.id(), self.stop_sig);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        child.wait().ok()
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Starts `args` in the background, stopped with `stop_sig` (then SIGKILL after 5 s) when
+/// dropped or stopped; stdout and stderr go to `log`.
+fn bg(args: &[&str], log: PathBuf, stop_sig: &'static str) -> ChildGuard {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    ChildGuard::spawn(cmd, log).stopped_by(stop_sig, Duration::from_secs(5))
 }
 
 /// The names `scripts/topology names SUFFIX` prints.
@@ -219,7 +121,7 @@ struct Rig {
     scratch: Scratch,
     policies: PathBuf,
     metrics: SocketAddr,
-    qosgw: Option<Bg>,
+    qosgw: Option<ChildGuard>,
 }
 
 impl Rig {
@@ -237,7 +139,7 @@ impl Rig {
                 .collect(),
         );
         let scratch = Scratch::new(&format!("e2e-{tag}"));
-        let port = common_free_port();
+        let port = common::free_port_on(common::ip("127.0.0.1"));
         let mut rig = Rig {
             policies: scratch.path("policies.json"),
             metrics: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -264,7 +166,7 @@ impl Rig {
         let config_path = rig.scratch.path("qosgw.json");
         std::fs::write(&config_path, config.to_string()).expect("writing config");
         let bin = qosgw_bin();
-        let mut qosgw = Bg::spawn(
+        let mut qosgw = bg(
             &[
                 bin.to_str().unwrap(),
                 "run",
@@ -274,7 +176,7 @@ impl Rig {
             rig.scratch.path("qosgw.log"),
             "TERM",
         );
-        qosgw.wait_for_log("qosgw: forwarding", Duration::from_secs(30));
+        qosgw.wait_for_output("qosgw: forwarding", Duration::from_secs(30));
         rig.qosgw = Some(qosgw);
         run_ok(30, &[script, "attach", &rig.suffix, "20"]);
         rig.wait_healthy();
@@ -315,10 +217,10 @@ impl Rig {
     }
 
     /// Starts `args` in namespace `ns` in the background.
-    fn bg_in_ns(&self, ns: &str, args: &[&str], log: &str, stop_sig: &'static str) -> Bg {
+    fn bg_in_ns(&self, ns: &str, args: &[&str], log: &str, stop_sig: &'static str) -> ChildGuard {
         let mut full = vec!["ip", "netns", "exec", ns];
         full.extend(args);
-        Bg::spawn(&full, self.scratch.path(log), stop_sig)
+        bg(&full, self.scratch.path(log), stop_sig)
     }
 
     fn qosgw_pid(&self) -> u32 {
@@ -326,7 +228,10 @@ impl Rig {
     }
 
     fn qosgw_log(&self) -> String {
-        self.qosgw.as_ref().map(Bg::log_text).unwrap_or_default()
+        self.qosgw
+            .as_ref()
+            .map(ChildGuard::output)
+            .unwrap_or_default()
     }
 
     fn wait_healthy(&self) {
@@ -346,7 +251,7 @@ impl Rig {
 
     fn metrics(&self) -> Metrics {
         match http(self.metrics, "GET", "/metrics") {
-            Ok((200, body)) => Metrics(body),
+            Ok((200, body)) => Metrics(common::parse_metrics(&body)),
             other => panic!("GET /metrics: {other:?}"),
         }
     }
@@ -377,15 +282,15 @@ impl Rig {
             "tshark", "-n", "-q", "-i", iface, "-s", &snaplen, "-F", "pcap", "-w", &file_s, "-f",
             filter,
         ]);
-        let mut bg = Bg::spawn(&args, self.scratch.path(&format!("{name}.log")), "INT");
-        bg.wait_for_log("Capturing on", Duration::from_secs(20));
+        let mut bg = bg(&args, self.scratch.path(&format!("{name}.log")), "INT");
+        bg.wait_for_output("Capturing on", Duration::from_secs(20));
         // dumpcap reports before its first read; give the socket a moment.
         sleep(Duration::from_millis(300));
         Capture { bg, file }
     }
 
     /// Starts a one-shot iperf3 server on the server host, port `port`.
-    fn iperf_server(&self, port: u16) -> Bg {
+    fn iperf_server(&self, port: u16) -> ChildGuard {
         let mut bg = self.bg_in_ns(
             &self.ns("NS_SERVER"),
             &[
@@ -401,7 +306,7 @@ impl Rig {
             &format!("iperf3-server-{port}.log"),
             "TERM",
         );
-        bg.wait_for_log("Server listening", Duration::from_secs(10));
+        bg.wait_for_output("Server listening", Duration::from_secs(10));
         bg
     }
 
@@ -452,7 +357,7 @@ impl Drop for Rig {
                 eprintln!("qosgw did not stop");
             }
             if std::thread::panicking() {
-                eprintln!("qosgw log:\n{}", q.log_text());
+                eprintln!("qosgw log:\n{}", q.output());
             }
         }
         let script = topology_script();
@@ -463,63 +368,19 @@ impl Drop for Rig {
     }
 }
 
-fn common_free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A minimal HTTP/1.1 request with a bounded wait; returns the status and body.
-fn http(addr: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Prometheus text, read by sample name and labels.
-struct Metrics(String);
+/// The samples of one scrape.
+struct Metrics(Vec<common::Sample>);
 
 impl Metrics {
-    /// The value of the sample `name{labels}` (labels written as in the exposition,
-    /// e.g. `policy="bulk"`; empty for none), 0 when absent.
-    fn value(&self, name: &str, labels: &str) -> f64 {
-        let want = if labels.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{name}{{{labels}}}")
-        };
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (key, v) = l.rsplit_once(' ')?;
-                (key == want).then(|| v.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+    /// The value of the sample `name` with exactly `labels`, 0 when absent.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        common::sample(&self.0, name, labels).unwrap_or(0.0)
     }
 }
 
 /// A running tshark capture.
 struct Capture {
-    bg: Bg,
+    bg: ChildGuard,
     file: PathBuf,
 }
 
@@ -725,8 +586,8 @@ fn e2e_ping_arp_and_non_ip_pass_untouched() {
         );
     }
     let m = rig.metrics();
-    assert!(m.value("qosgw_non_ip_packets_total", "") >= 2.0);
-    assert!(m.value("qosgw_unmatched_packets_total", "") >= 10.0);
+    assert!(m.value("qosgw_non_ip_packets_total", &[]) >= 2.0);
+    assert!(m.value("qosgw_unmatched_packets_total", &[]) >= 10.0);
 }
 
 /// The policy the TCP tests use: everything to the server's iperf3 port range.
@@ -803,7 +664,7 @@ fn e2e_tcp_throttled_and_marked() {
         seen.len()
     );
     let m = rig.metrics();
-    assert!(m.value("qosgw_policy_delayed_packets_total", r#"policy="bulk""#) > 0.0);
+    assert!(m.value("qosgw_policy_delayed_packets_total", &[("policy", "bulk")]) > 0.0);
 }
 
 fn ping_rtts(out: &Output) -> Vec<f64> {
@@ -839,15 +700,15 @@ fn e2e_ping_stays_fast_during_throttled_transfer() {
     let busy = rig.in_ns_ok(&client, 20, &["ping", "-c", "30", "-i", "0.1", SERVER]);
     let backlog = rig
         .metrics()
-        .value("qosgw_policy_delayed_packets_total", r#"policy="bulk""#);
+        .value("qosgw_policy_delayed_packets_total", &[("policy", "bulk")]);
     let mut busy = ping_rtts(&busy);
-    let status = iperf.wait(Duration::from_secs(20));
+    let status = iperf.wait_for(Duration::from_secs(20));
     assert!(
         status.is_some_and(|s| s.success()),
         "iperf3 failed: {}",
-        iperf.log_text()
+        iperf.output()
     );
-    let report: serde_json::Value = serde_json::from_str(&iperf.log_text()).expect("iperf3 JSON");
+    let report: serde_json::Value = serde_json::from_str(&iperf.output()).expect("iperf3 JSON");
     let goodput = received_bps(&report);
     assert_eq!(busy.len(), 30, "ping lost replies during the transfer");
     let (idle_med, busy_med) = (median(&mut idle), median(&mut busy));
@@ -900,7 +761,7 @@ fn e2e_throttle_per_host() {
         );
     }
     let m = rig.metrics();
-    assert!(m.value("qosgw_policy_flows_total", r#"policy="perhost""#) >= 2.0);
+    assert!(m.value("qosgw_policy_flows_total", &[("policy", "perhost")]) >= 2.0);
 }
 
 /// 5. A UDP flood at 10 × the policy's rate is held to the rate; the excess is dropped and
@@ -940,7 +801,7 @@ fn e2e_udp_flood_held_to_rate() {
     let frame_share = len as f64 / (len + 42) as f64;
     let recv_frame_bps = recv_bytes * 8.0 / frame_share / recv_seconds;
     let m = rig.metrics();
-    let dropped = m.value("qosgw_policy_dropped_packets_total", r#"policy="flood""#);
+    let dropped = m.value("qosgw_policy_dropped_packets_total", &[("policy", "flood")]);
     let rss_max = rss.iter().copied().max().unwrap_or(rss_start);
     eprintln!(
         "UDP flood: sent {:.1} Mb/s ({sent_packets} packets), received {:.2} Mb/s of frames \
@@ -991,7 +852,7 @@ fn e2e_reload_during_transfer() {
     let _server = rig.iperf_server(5201);
     let filter = format!("tcp and src host {CLIENT} and dst port 5201");
     let seen = rig.capture(Some(&rig.ns("NS_SERVER")), "eth0", &filter, "seen");
-    let generation = rig.metrics().value("qosgw_policy_generation", "");
+    let generation = rig.metrics().value("qosgw_policy_generation", &[]);
     let mut iperf = rig.bg_in_ns(
         &client,
         &["iperf3", "-c", SERVER, "-p", "5201", "-t", "6", "-J"],
@@ -1003,13 +864,13 @@ fn e2e_reload_during_transfer() {
         .expect("rewriting policies");
     let (status, body) = http(rig.metrics, "POST", "/-/reload").expect("POST /-/reload");
     assert_eq!(status, 200, "POST /-/reload: {body}");
-    let finished = iperf.wait(Duration::from_secs(20));
+    let finished = iperf.wait_for(Duration::from_secs(20));
     assert!(
         finished.is_some_and(|s| s.success()),
         "iperf3 did not survive the reload: {}",
-        iperf.log_text()
+        iperf.output()
     );
-    let report: serde_json::Value = serde_json::from_str(&iperf.log_text()).expect("iperf3 JSON");
+    let report: serde_json::Value = serde_json::from_str(&iperf.output()).expect("iperf3 JSON");
     let goodput = received_bps(&report);
     let seen = tcp_data(&seen.finish(), CLIENT);
     let m = rig.metrics();
@@ -1022,7 +883,7 @@ fn e2e_reload_during_transfer() {
         "reload: {} data segments, {old} with DSCP 10 then {new} with DSCP 34; goodput {:.2} Mb/s; generation {generation} -> {}",
         seen.len(),
         mbps(goodput),
-        m.value("qosgw_policy_generation", "")
+        m.value("qosgw_policy_generation", &[])
     );
     assert_eq!(
         old + new,
@@ -1042,8 +903,8 @@ fn e2e_reload_during_transfer() {
         "transfer at {:.2} Mb/s across the reload",
         mbps(goodput)
     );
-    assert!(m.value("qosgw_policy_generation", "") > generation);
-    assert!(m.value("qosgw_policy_reloads_total", r#"result="ok""#) >= 1.0);
+    assert!(m.value("qosgw_policy_generation", &[]) > generation);
+    assert!(m.value("qosgw_policy_reloads_total", &[("result", "ok")]) >= 1.0);
 }
 
 /// `qosgw run` opens net_tap ports, whose MTU limit comes from `max_rx_pktlen` (1522), not
@@ -1072,7 +933,7 @@ fn e2e_run_opens_net_tap_ports() {
     std::fs::write(scratch.path("qosgw.json"), config.to_string()).unwrap();
     let bin = qosgw_bin();
     let config_path = scratch.path("qosgw.json");
-    let mut qosgw = Bg::spawn(
+    let mut qosgw = bg(
         &[
             bin.to_str().unwrap(),
             "run",
@@ -1082,11 +943,11 @@ fn e2e_run_opens_net_tap_ports() {
         scratch.path("qosgw.log"),
         "TERM",
     );
-    qosgw.wait_for_log("qosgw: forwarding", Duration::from_secs(30));
+    qosgw.wait_for_output("qosgw: forwarding", Duration::from_secs(30));
     let status = qosgw.stop();
     assert!(
         status.is_some_and(|s| s.success()),
         "qosgw did not stop cleanly: {status:?}\n{}",
-        qosgw.log_text()
+        qosgw.output()
     );
 }

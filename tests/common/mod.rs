@@ -167,17 +167,22 @@ pub fn free_loopback() -> std::net::SocketAddr {
 
 /// Sends `sig` (a name such as `TERM`, `HUP`, `INT`, `KILL`) to process `pid`.
 pub fn send_signal(pid: u32, sig: &str) {
+    // A process that has just exited is not an error here: kill's complaint is not shown.
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
+        .stderr(std::process::Stdio::null())
         .status();
 }
 
-/// A child process that is stopped (SIGTERM, then SIGKILL after 3 s) when dropped, so a
-/// failing test leaves nothing running. Its stdout and stderr go to a log file.
+/// A child process that is stopped (SIGTERM, then SIGKILL after 3 s, unless
+/// [`ChildGuard::stopped_by`] says otherwise) when dropped, so a failing test leaves
+/// nothing running. Its stdout and stderr go to a log file.
 pub struct ChildGuard {
     child: Option<std::process::Child>,
     pub log: PathBuf,
+    stop_signal: &'static str,
+    grace: std::time::Duration,
 }
 
 impl ChildGuard {
@@ -193,7 +198,17 @@ impl ChildGuard {
         ChildGuard {
             child: Some(child),
             log,
+            stop_signal: "TERM",
+            grace: std::time::Duration::from_secs(3),
         }
+    }
+
+    /// Stopped with `signal` (e.g. `INT` for tshark, which then writes its capture out),
+    /// and given `grace` to exit before SIGKILL.
+    pub fn stopped_by(mut self, signal: &'static str, grace: std::time::Duration) -> ChildGuard {
+        self.stop_signal = signal;
+        self.grace = grace;
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -229,26 +244,53 @@ impl ChildGuard {
     pub fn signal(&self, sig: &str) {
         send_signal(self.pid(), sig);
     }
-}
 
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_some() {
-            return;
-        }
-        send_signal(child.id(), "TERM");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
+    /// Waits at most `limit` until the child's output contains `needle`; panics with the
+    /// output if it does not, or if the child exits first.
+    pub fn wait_for_output(&mut self, needle: &str, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if self.output().contains(needle) {
                 return;
+            }
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "process exited ({status}) before {needle:?}:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} after {limit:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the child (its stop signal, then SIGKILL after the grace period) unless it
+    /// has exited already; returns how it ended (`None` if that cannot be known).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        send_signal(child.id(), self.stop_signal);
+        let deadline = std::time::Instant::now() + self.grace;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let _ = child.kill();
-        let _ = child.wait();
+        child.wait().ok()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
