@@ -463,6 +463,18 @@ fn mbps(bits_per_second: f64) -> f64 {
     bits_per_second / 1e6
 }
 
+/// The JSON report of an iperf3 client started in the background (`-J`), once it has
+/// finished (within 20 s) and succeeded; panics with `failure` and its output otherwise.
+fn finished_report(iperf: &mut ChildGuard, failure: &str) -> serde_json::Value {
+    let status = iperf.wait_for(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{failure}: {}",
+        iperf.output()
+    );
+    serde_json::from_str(&iperf.output()).expect("iperf3 JSON")
+}
+
 fn received_bps(report: &serde_json::Value) -> f64 {
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -702,14 +714,7 @@ fn e2e_ping_stays_fast_during_throttled_transfer() {
         .metrics()
         .value("qosgw_policy_delayed_packets_total", &[("policy", "bulk")]);
     let mut busy = ping_rtts(&busy);
-    let status = iperf.wait_for(Duration::from_secs(20));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "iperf3 failed: {}",
-        iperf.output()
-    );
-    let report: serde_json::Value = serde_json::from_str(&iperf.output()).expect("iperf3 JSON");
-    let goodput = received_bps(&report);
+    let goodput = received_bps(&finished_report(&mut iperf, "iperf3 failed"));
     assert_eq!(busy.len(), 30, "ping lost replies during the transfer");
     let (idle_med, busy_med) = (median(&mut idle), median(&mut busy));
     eprintln!(
@@ -864,14 +869,10 @@ fn e2e_reload_during_transfer() {
         .expect("rewriting policies");
     let (status, body) = http(rig.metrics, "POST", "/-/reload").expect("POST /-/reload");
     assert_eq!(status, 200, "POST /-/reload: {body}");
-    let finished = iperf.wait_for(Duration::from_secs(20));
-    assert!(
-        finished.is_some_and(|s| s.success()),
-        "iperf3 did not survive the reload: {}",
-        iperf.output()
-    );
-    let report: serde_json::Value = serde_json::from_str(&iperf.output()).expect("iperf3 JSON");
-    let goodput = received_bps(&report);
+    let goodput = received_bps(&finished_report(
+        &mut iperf,
+        "iperf3 did not survive the reload",
+    ));
     let seen = tcp_data(&seen.finish(), CLIENT);
     let m = rig.metrics();
 
