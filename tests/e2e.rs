@@ -337,6 +337,17 @@ impl Rig {
         json
     }
 
+    /// Starts a 6-second iperf3 client in `ns` to the server on port 5201 in the
+    /// background; [`finished_report`] gives its JSON report.
+    fn iperf_client_in_background(&self, ns: &str) -> ChildGuard {
+        self.bg_in_ns(
+            ns,
+            &["iperf3", "-c", SERVER, "-p", "5201", "-t", "6", "-J"],
+            "iperf3-client.log",
+            "TERM",
+        )
+    }
+
     /// Samples qosgw's resident set size, in kB.
     fn qosgw_rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.qosgw_pid()))
@@ -702,12 +713,7 @@ fn e2e_ping_stays_fast_during_throttled_transfer() {
     let idle = rig.in_ns_ok(&client, 20, &["ping", "-c", "10", "-i", "0.1", SERVER]);
     let mut idle = ping_rtts(&idle);
     let _server = rig.iperf_server(5201);
-    let mut iperf = rig.bg_in_ns(
-        &client,
-        &["iperf3", "-c", SERVER, "-p", "5201", "-t", "6", "-J"],
-        "iperf3-client.log",
-        "TERM",
-    );
+    let mut iperf = rig.iperf_client_in_background(&client);
     sleep(Duration::from_millis(1500));
     let busy = rig.in_ns_ok(&client, 20, &["ping", "-c", "30", "-i", "0.1", SERVER]);
     let backlog = rig
@@ -858,12 +864,7 @@ fn e2e_reload_during_transfer() {
     let filter = format!("tcp and src host {CLIENT} and dst port 5201");
     let seen = rig.capture(Some(&rig.ns("NS_SERVER")), "eth0", &filter, "seen");
     let generation = rig.metrics().value("qosgw_policy_generation", &[]);
-    let mut iperf = rig.bg_in_ns(
-        &client,
-        &["iperf3", "-c", SERVER, "-p", "5201", "-t", "6", "-J"],
-        "iperf3-client.log",
-        "TERM",
-    );
+    let mut iperf = rig.iperf_client_in_background(&client);
     sleep(Duration::from_millis(2500));
     std::fs::write(&rig.policies, bulk_policy("bulk", "5201", 34, "20Mbps", ""))
         .expect("rewriting policies");
