@@ -163,7 +163,6 @@ impl Gateway {
         );
     }
 
-    /// SIGTERM, then waits at most `limit`; returns the exit status and how long it took.
     /// Sends SIG`sig`, then waits at most `limit`; returns the exit status, how long it
     /// took, and when the stop's log lines appeared (which phase took the time).
     fn terminate(&mut self, sig: &str, limit: Duration) -> (ExitStatus, Duration, String) {
@@ -193,6 +192,20 @@ impl Gateway {
         let took = t0.elapsed();
         let timeline = format!("log lines seen after the signal: {marks:?}; exit after {took:?}");
         (st, took, timeline)
+    }
+
+    /// SIGTERM: asserts that `run` exits with status 0 within 2 s (SPEC §4), and returns
+    /// its log.
+    fn sigterm_stops_within_2_s(&mut self) -> String {
+        let (st, took, timeline) = self.terminate("TERM", Duration::from_secs(10));
+        let log = self.proc.output();
+        assert_eq!(st.code(), Some(0), "exit status:\n{log}");
+        eprintln!("SIGTERM: {timeline}");
+        assert!(
+            took <= Duration::from_secs(2),
+            "SIGTERM took {took:?}: {timeline}"
+        );
+        log
     }
 }
 
@@ -1547,13 +1560,7 @@ fn sigterm_stops_within_2_s_with_a_complete_output_capture() {
     });
     assert!(read.is_some(), "input not read within 20 s");
     // Stop as soon as the input is in: whatever is still in flight must come out.
-    let (st, took, timeline) = gw.terminate("TERM", Duration::from_secs(10));
-    assert_eq!(st.code(), Some(0), "exit status:\n{}", gw.proc.output());
-    eprintln!("SIGTERM: {timeline}");
-    assert!(
-        took <= Duration::from_secs(2),
-        "SIGTERM took {took:?}: {timeline}"
-    );
+    gw.sigterm_stops_within_2_s();
     let got = read_capture(&output);
     assert_eq!(got.len(), frames.len(), "frames in the output capture");
     for (i, (g, want)) in got.iter().zip(&frames).enumerate() {
@@ -1595,15 +1602,8 @@ fn sigterm_mid_input_writes_a_whole_capture_of_what_was_forwarded() {
         &policies,
         free_loopback(),
     );
-    let (st, took, timeline) = gw.terminate("TERM", Duration::from_secs(10));
-    assert_eq!(st.code(), Some(0), "exit status:\n{}", gw.proc.output());
-    eprintln!("SIGTERM: {timeline}");
-    assert!(
-        took <= Duration::from_secs(2),
-        "SIGTERM took {took:?}: {timeline}"
-    );
+    let log = gw.sigterm_stops_within_2_s();
     let got = read_capture(&output);
-    let log = gw.proc.output();
     assert!(!got.is_empty() || log.contains("0 frames in"), "{log}");
     for (i, (g, want)) in got.iter().zip(&frames).enumerate() {
         assert!(g.data == *want, "frame {i} differs");
@@ -1678,14 +1678,7 @@ fn sigterm_with_a_shaper_backlog_stops_within_2_s_and_accounts_for_every_frame()
         delayed > 0 && backlog > 0,
         "delayed {delayed}, backlog {backlog}"
     );
-    let (st, took, timeline) = gw.terminate("TERM", Duration::from_secs(10));
-    let log = gw.proc.output();
-    assert_eq!(st.code(), Some(0), "exit status:\n{log}");
-    eprintln!("SIGTERM: {timeline}");
-    assert!(
-        took <= Duration::from_secs(2),
-        "SIGTERM took {took:?}: {timeline}"
-    );
+    let log = gw.sigterm_stops_within_2_s();
     let got = read_capture(&output);
     let held: u64 = log
         .lines()
