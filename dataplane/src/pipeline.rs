@@ -404,3 +404,91 @@ pub fn match_key(key: &FlowKey) -> MatchKey {
         ports,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy_set::{Publisher, ShaperSettings};
+    use crate::synth::{Packet, L4};
+
+    const HZ: u64 = 1_000_000_000;
+
+    fn table(policies: &str) -> control::PolicyTable {
+        control::parse_policies("test.json", policies)
+            .expect("valid policies")
+            .0
+    }
+
+    fn publisher(policies: &str) -> Arc<Publisher> {
+        let settings = ShaperSettings {
+            tsc_hz: HZ,
+            max_delay_cycles: u64::MAX,
+        };
+        Publisher::new(table(policies), 1, settings).expect("publishable")
+    }
+
+    fn frame(client: u8) -> Vec<u8> {
+        let src = IpAddr::from([10, 0, 0, client]);
+        let dst = IpAddr::from([192, 0, 2, 1]);
+        Packet::new(src, dst, L4::Udp { src: 5000, dst: 53 })
+            .payload(1100)
+            .build()
+    }
+
+    fn dscp(frame: &[u8]) -> u8 {
+        frame[14 + 1] >> 2
+    }
+
+    /// Cached flows name their policy by its index in the set they were classified under.
+    /// After a reload to fewer policies that index may not exist: the flows must be
+    /// classified again before it is used, and take the new policy's marking and shaper.
+    #[test]
+    fn a_reload_to_fewer_policies_reclassifies_cached_flows() {
+        let pubr = publisher(
+            r#"{"policies":[
+                {"name":"a","dst_prefix":"198.51.100.0/24","dscp":8,
+                 "throttle":1000000,"throttle_per":"flow"},
+                {"name":"b","dst_prefix":"203.0.113.0/24","dscp":16},
+                {"name":"c","dst_prefix":"192.0.2.0/24","dscp":24,
+                 "throttle":8000000,"throttle_per":"host"}]}"#,
+        );
+        let counters = Arc::new(WorkerCounters::default());
+        let config = PipelineConfig::defaults(HZ);
+        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let now = 10 * HZ;
+        // Three hosts' first frames (1 142 bytes each), within their shapers' bursts.
+        let mut frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
+        for f in &mut frames {
+            assert_eq!(p.process(f, Side::Inside, now), Verdict::Forward);
+            assert_eq!(dscp(f), 24);
+        }
+        // Policy 2 is gone; the three flows' entries still name it.
+        pubr.publish(table(
+            r#"{"policies":[{"name":"d","dst_prefix":"192.0.2.0/24","dscp":46,
+                "throttle":8000,"throttle_per":"host","burst":1514}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        let mut frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
+        for f in &frames {
+            p.stage(Some(f), Side::Inside);
+        }
+        p.prefetch_staged();
+        let verdicts: Vec<Verdict> = frames
+            .iter_mut()
+            .enumerate()
+            .map(|(i, f)| p.process_staged(i, f, now))
+            .collect();
+        p.clear_staged();
+        // Each host's first frame under "d" fits its new shaper's burst; all are marked.
+        assert_eq!(verdicts, [Verdict::Forward; 3]);
+        assert!(frames.iter().all(|f| dscp(f) == 46));
+        // A fresh shaper, not policy c's: host 1's bucket of 1 514 bytes has 372 left, so
+        // its next frame leaves when 770 more bytes have drained at 8 kb/s, 0.77 s later.
+        let mut again = frame(1);
+        assert_eq!(
+            p.process(&mut again, Side::Inside, now),
+            Verdict::At(now + 770 * HZ / 1_000)
+        );
+    }
+}
