@@ -10,6 +10,10 @@
 //! shaper (`flow` scope) or its own inside host (`host` scope), offered 80 % of its rate
 //! with a zero burst, so that every packet is delayed, parked in the wheel and released
 //! (polled every 32 packets, as a worker does per RX burst).
+//!
+//! A last table takes the million-shaper cost apart: the shapers' work alone (delayed
+//! packets not parked), and the wheel holding as many packets as at a million shapers but
+//! with one shaper (departures spread over 118 ms instead of the shaper's).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -25,6 +29,9 @@ const TSC_HZ: u64 = 3_000_000_000;
 const STEP: u64 = 100; // simulated cycles between packets
 const BURST: usize = 32;
 const PACKETS: u64 = 5_000_000;
+/// How far `Park::Spread` spreads departures: 118 ms, which at this packet rate parks
+/// about as many packets (1.77 M) as a million shapers at 80 % of their rate do.
+const SPREAD: u64 = TSC_HZ / 1000 * 118;
 
 /// What the worker's flow-cache entry would hold for the shaper.
 #[derive(Clone, Copy)]
@@ -119,10 +126,24 @@ fn unshaped(n: usize) -> f64 {
     t.elapsed().as_nanos() as f64 / PACKETS as f64
 }
 
+/// Where a delayed packet goes: the decomposition of the cost into the shapers' part and
+/// the timing wheel's.
+#[derive(Clone, Copy, PartialEq)]
+enum Park {
+    /// Into the wheel at its departure (the real thing).
+    Wheel,
+    /// Nowhere: the shapers' work alone.
+    Nowhere,
+    /// Into the wheel at a departure spread uniformly over this many cycles from now,
+    /// whatever the shaper said: the wheel under a given backlog with any number of shapers.
+    Spread(u64),
+}
+
 struct Sim {
     shaper: PolicyShaper,
     shapers: WorkerShapers,
     wheel: TimingWheel<u32>,
+    park: Park,
     now: u64,
     delayed: u64,
 }
@@ -150,7 +171,16 @@ impl Sim {
                 {
                     Decision::Now => sent += 1,
                     Decision::At(t) => {
-                        self.wheel.insert(i as u32, t);
+                        match self.park {
+                            Park::Wheel => self.wheel.insert(i as u32, t),
+                            Park::Nowhere => sent += t & 1,
+                            Park::Spread(span) => {
+                                let r = (i as u64 ^ u64::from(len) << 32)
+                                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                                let at = self.now + ((r as u128 * span as u128) >> 64) as u64;
+                                self.wheel.insert(i as u32, at + (t & 1));
+                            }
+                        }
                         self.delayed += 1;
                     }
                     Decision::Drop => {}
@@ -165,11 +195,19 @@ impl Sim {
     }
 }
 
+/// What a run of [`shaped`] measured.
+struct Shaped {
+    ns: f64,
+    /// Share of the packets delayed.
+    delayed: f64,
+    /// Packets in the wheel at the end.
+    backlog: usize,
+}
+
 /// Shaped through `WorkerShapers` (`host` or `flow` scope) and a timing wheel: `n` flows
 /// over `shapers` shapers (`flow` scope: one per flow, so `shapers` must be `n`; `host`
-/// scope: flow `i` belongs to host `i % shapers`). Returns the ns per packet and the share of
-/// packets delayed.
-fn shaped(n: usize, shapers: usize, scope: ThrottleScope) -> (f64, f64) {
+/// scope: flow `i` belongs to host `i % shapers`); delayed packets parked as `park` says.
+fn shaped(n: usize, shapers: usize, scope: ThrottleScope, park: Park) -> Shaped {
     assert!(scope != ThrottleScope::Flow || shapers == n);
     // Each shaper is offered TSC_HZ / (STEP × shapers) packets per second of 789 bytes on
     // average; its rate is 1.25 × that.
@@ -181,6 +219,7 @@ fn shaped(n: usize, shapers: usize, scope: ThrottleScope) -> (f64, f64) {
         shaper: registry.shaper_for("bench", scope, cfg),
         shapers: WorkerShapers::with_capacity(n, n),
         wheel: TimingWheel::new(TimingWheel::<u32>::slot_shift_for(TSC_HZ, 2_000), 1 << 16),
+        park,
         now: 1 << 40,
         delayed: 0,
     };
@@ -203,7 +242,19 @@ fn shaped(n: usize, shapers: usize, scope: ThrottleScope) -> (f64, f64) {
             sim.shapers.hosts() + sim.shapers.flows()
         );
     }
-    (ns, (sim.delayed - before) as f64 / PACKETS as f64)
+    Shaped {
+        ns,
+        delayed: (sim.delayed - before) as f64 / PACKETS as f64,
+        backlog: sim.wheel.len(),
+    }
+}
+
+/// The fastest of three runs (the machine is shared, and interference only adds time).
+fn best_of_three(run: impl Fn() -> Shaped) -> Shaped {
+    (0..3)
+        .map(|_| run())
+        .reduce(|a, b| if b.ns < a.ns { b } else { a })
+        .expect("three runs")
 }
 
 /// One shared `policy` shaper (the atomic clock), uncontended, through the wheel.
@@ -304,7 +355,8 @@ fn accuracy(bps: u64, len: u32) -> f64 {
 
 fn main() {
     // `shaper_bench flow 100000`: one row only (for profiling); `shaper_bench host 1000
-    // 1000000`: 1 000 host shapers over a million flows.
+    // 1000000`: 1 000 host shapers over a million flows; a last word `nowhere` or `spread`
+    // parks the delayed packets as in the decomposition table.
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [scope, n, more @ ..] = args.as_slice() {
         let scope = if scope == "host" {
@@ -316,8 +368,19 @@ fn main() {
         let flows = more
             .first()
             .map_or(shapers, |f| f.parse().expect("a number of flows"));
-        let (ns, delayed) = shaped(flows, shapers, scope);
-        println!("{ns:.1} ns per packet, {:.0} % delayed", delayed * 100.0);
+        let park = match more.get(1).map(String::as_str) {
+            None | Some("wheel") => Park::Wheel,
+            Some("nowhere") => Park::Nowhere,
+            Some("spread") => Park::Spread(SPREAD),
+            Some(other) => panic!("{other}: park in wheel, nowhere or spread"),
+        };
+        let r = shaped(flows, shapers, scope, park);
+        println!(
+            "{:.1} ns per packet, {:.0} % delayed, {} packets parked",
+            r.ns,
+            r.delayed * 100.0,
+            r.backlog
+        );
         return;
     }
     println!("## per-packet cost (ns), {PACKETS} packets per row, random flow per packet");
@@ -327,18 +390,13 @@ fn main() {
         for &n in &[1usize, 1_000, 100_000, 1_000_000] {
             // Best of three: the machine is shared, and interference only adds time.
             let base = (0..3).map(|_| unshaped(n)).fold(f64::MAX, f64::min);
-            let (ns, delayed) =
-                (0..3)
-                    .map(|_| shaped(n, n, scope))
-                    .fold(
-                        (f64::MAX, 0.0),
-                        |best, r| if r.0 < best.0 { r } else { best },
-                    );
+            let r = best_of_three(|| shaped(n, n, scope, Park::Wheel));
             println!(
-                "| {} | {n} | {base:.1} | {ns:.1} | {:.1} | {:.0} % |",
+                "| {} | {n} | {base:.1} | {:.1} | {:.1} | {:.0} % |",
                 scope.as_str(),
-                ns / base,
-                delayed * 100.0
+                r.ns,
+                r.ns / base,
+                r.delayed * 100.0
             );
         }
     }
@@ -353,14 +411,31 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|");
     let base = (0..3).map(|_| unshaped(FLOWS)).fold(f64::MAX, f64::min);
     for &n in &[1usize, 1_000, 100_000, 1_000_000] {
-        let (ns, delayed) = (0..3).map(|_| shaped(FLOWS, n, ThrottleScope::Host)).fold(
-            (f64::MAX, 0.0),
-            |best, r| if r.0 < best.0 { r } else { best },
-        );
+        let r = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Wheel));
         println!(
-            "| {n} | {base:.1} | {ns:.1} | {:.1} | {:.0} % |",
-            ns / base,
-            delayed * 100.0
+            "| {n} | {base:.1} | {:.1} | {:.1} | {:.0} % |",
+            r.ns,
+            r.ns / base,
+            r.delayed * 100.0
+        );
+    }
+    println!();
+    // The same rows taken apart: the shapers' work alone, and the wheel under the backlog
+    // of the million-shaper row with a single shaper.
+    println!("## where the time goes: host scope over {FLOWS} flows, ns per packet");
+    println!(
+        "| host shapers | schedule only | schedule + wheel (packets parked) | \
+         schedule + wheel, departures spread over {} ms (packets parked) |",
+        SPREAD * 1000 / TSC_HZ
+    );
+    println!("|---:|---:|---:|---:|");
+    for &n in &[1usize, 1_000_000] {
+        let only = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Nowhere));
+        let wheel = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Wheel));
+        let spread = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Spread(SPREAD)));
+        println!(
+            "| {n} | {:.1} | {:.1} ({}) | {:.1} ({}) |",
+            only.ns, wheel.ns, wheel.backlog, spread.ns, spread.backlog
         );
     }
     println!();
