@@ -76,6 +76,19 @@ impl<T> Level<T> {
         self.occupied[i / 64] |= 1 << (i % 64);
     }
 
+    /// Appends `e` to list `i`, which takes a vector from `spare` if it has none.
+    #[inline]
+    fn append(&mut self, i: usize, e: Entry<T>, spare: &mut Vec<Vec<Entry<T>>>) {
+        self.set(i);
+        let list = &mut self.lists[i];
+        if list.capacity() == 0 {
+            if let Some(v) = spare.pop() {
+                *list = v;
+            }
+        }
+        list.push(e);
+    }
+
     fn clear(&mut self, i: usize) {
         self.occupied[i / 64] &= !(1 << (i % 64));
     }
@@ -244,15 +257,7 @@ impl<T> TimingWheel<T> {
         };
         if level < LEVELS {
             let idx = ((e.slot >> (level as u32 * LEVEL_BITS)) & SLOT_MASK) as usize;
-            let level = &mut self.levels[level];
-            level.set(idx);
-            let list = &mut level.lists[idx];
-            if list.capacity() == 0 {
-                if let Some(spare) = self.spare.pop() {
-                    *list = spare;
-                }
-            }
-            list.push(e);
+            self.levels[level].append(idx, e, &mut self.spare);
         } else {
             self.overflow_min = self.overflow_min.min(e.slot);
             self.overflow.push(e);
@@ -306,8 +311,18 @@ impl<T> TimingWheel<T> {
             // Items of this range land on lower levels, never back in this list.
             let mut list = std::mem::take(&mut self.levels[k].lists[idx]);
             self.levels[k].clear(idx);
-            for e in list.drain(..) {
-                self.place(e);
+            if k == 1 {
+                // The usual case, once per packet parked for more than a level-0 range:
+                // all of a level-1 list lies in the level-0 range `cur` has just entered.
+                let (cur, level0) = (self.cur, &mut self.levels[0]);
+                for e in list.drain(..) {
+                    debug_assert_eq!(e.slot >> LEVEL_BITS, cur >> LEVEL_BITS);
+                    level0.append((e.slot & SLOT_MASK) as usize, e, &mut self.spare);
+                }
+            } else {
+                for e in list.drain(..) {
+                    self.place(e);
+                }
             }
             recycle(&mut self.spare, &mut list);
         }
