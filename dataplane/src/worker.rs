@@ -46,13 +46,6 @@ impl StopWhen {
     }
 }
 
-/// A shaped packet waiting in the timing wheel for its departure.
-struct Parked {
-    mbuf: Mbuf,
-    /// The side it leaves on.
-    out: u8,
-}
-
 /// Width of a timing-wheel slot: pacing is exact to this (a few µs, DESIGN.md step 4).
 const WHEEL_SLOT_NS: u64 = 2_000;
 
@@ -64,7 +57,11 @@ pub struct Worker {
     /// What the pipeline decided for each frame of `burst`.
     verdicts: [Verdict; BURST],
     tx_buf: [Vec<Mbuf>; 2],
-    wheel: TimingWheel<Parked>,
+    /// Shaped packets waiting for their departure, in one timing wheel per port they
+    /// leave on: a wheel's entry is then the mbuf and its slot, 16 bytes (24 with the port
+    /// in it). With a million packets parked, a third less memory to move saves a tenth of
+    /// the time or more (docs/BENCHMARKS.md, issue 5, session 4).
+    wheels: [TimingWheel<Mbuf>; 2],
     backlog_bytes: u64,
     /// Stop receiving while the wheel holds this many packets (see [`Worker::hold_limit`]).
     hold_limit: usize,
@@ -87,10 +84,12 @@ impl Worker {
             burst,
             verdicts: [Verdict::Forward; BURST],
             tx_buf: [Vec::with_capacity(BURST), Vec::with_capacity(BURST)],
-            wheel: TimingWheel::new(
-                TimingWheel::<Parked>::slot_shift_for(tsc_hz, WHEEL_SLOT_NS),
-                4096,
-            ),
+            wheels: std::array::from_fn(|_| {
+                TimingWheel::new(
+                    TimingWheel::<Mbuf>::slot_shift_for(tsc_hz, WHEEL_SLOT_NS),
+                    4096,
+                )
+            }),
             backlog_bytes: 0,
             hold_limit: usize::MAX,
             passthrough: false,
@@ -122,7 +121,7 @@ impl Worker {
             let now = tsc();
             self.pipeline.housekeeping(now);
             let mut got = 0;
-            if self.wheel.len() < self.hold_limit {
+            if self.parked() < self.hold_limit {
                 for side in Side::BOTH {
                     got += self.poll(side, now);
                 }
@@ -142,7 +141,7 @@ impl Worker {
             let done = match stop {
                 StopWhen::Flag(flag) => flag.load(Ordering::Relaxed),
                 StopWhen::Received { frames, flag } => {
-                    (received >= *frames && self.wheel.is_empty()) || flag.load(Ordering::Relaxed)
+                    (received >= *frames && self.parked() == 0) || flag.load(Ordering::Relaxed)
                 }
             };
             if done {
@@ -151,7 +150,7 @@ impl Worker {
         }
         self.flush_all();
         let counters = &self.counters;
-        let dropped = self.wheel.drain_all(drop);
+        let dropped: usize = self.wheels.iter_mut().map(|w| w.drain_all(drop)).sum();
         counters.shaper_stop_dropped.add(dropped as u64);
         self.backlog_bytes = 0;
         counters.shaper_backlog_packets.set(0);
@@ -162,21 +161,23 @@ impl Worker {
     /// many.
     #[inline]
     fn release_due(&mut self, now: u64) -> usize {
-        if self.wheel.is_empty() {
+        if self.parked() == 0 {
             return 0;
         }
         let (tx_buf, queues, counters) = (&mut self.tx_buf, &mut self.queues, &*self.counters);
         let mut bytes = 0u64;
-        let n = self.wheel.pop_due(now, |p| {
-            let out = usize::from(p.out);
-            bytes += u64::from(p.mbuf.pkt_len());
-            tx_buf[out].push(p.mbuf);
-            if tx_buf[out].len() == BURST {
-                flush(&mut queues.tx[out], &mut tx_buf[out], counters, out);
-            }
-        });
+        let mut n = 0;
+        for (out, wheel) in self.wheels.iter_mut().enumerate() {
+            n += wheel.pop_due(now, |m| {
+                bytes += u64::from(m.pkt_len());
+                tx_buf[out].push(m);
+                if tx_buf[out].len() == BURST {
+                    flush(&mut queues.tx[out], &mut tx_buf[out], counters, out);
+                }
+            });
+        }
         self.backlog_bytes -= bytes;
-        counters.shaper_backlog_packets.set(self.wheel.len() as u64);
+        counters.shaper_backlog_packets.set(self.parked() as u64);
         counters.shaper_backlog_bytes.set(self.backlog_bytes);
         n
     }
@@ -238,13 +239,7 @@ impl Worker {
                     }
                     Verdict::At(departure) => {
                         self.backlog_bytes += u64::from(m.pkt_len());
-                        self.wheel.insert(
-                            Parked {
-                                mbuf: m,
-                                out: out as u8,
-                            },
-                            departure,
-                        );
+                        self.wheels[out].insert(m, departure);
                     }
                     Verdict::Drop => drop(m),
                 }
@@ -253,6 +248,11 @@ impl Worker {
         counters.rx_bytes[side.index()].add(bytes);
         self.pipeline.clear_staged();
         n
+    }
+
+    /// Packets the shapers hold.
+    fn parked(&self) -> usize {
+        self.wheels.iter().map(TimingWheel::len).sum()
     }
 
     fn flush_all(&mut self) {
