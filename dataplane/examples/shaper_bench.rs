@@ -430,9 +430,12 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|");
     for &n in &[1usize, 1_000_000] {
-        let only = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Nowhere));
-        let wheel = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Wheel));
-        let spread = best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, Park::Spread(SPREAD)));
+        let host = |park| best_of_three(|| shaped(FLOWS, n, ThrottleScope::Host, park));
+        let (only, wheel, spread) = (
+            host(Park::Nowhere),
+            host(Park::Wheel),
+            host(Park::Spread(SPREAD)),
+        );
         println!(
             "| {n} | {:.1} | {:.1} ({}) | {:.1} ({}) |",
             only.ns, wheel.ns, wheel.backlog, spread.ns, spread.backlog

@@ -63,7 +63,7 @@ pub struct Worker {
     /// the time or more (docs/BENCHMARKS.md, issue 5, session 4).
     wheels: [TimingWheel<Mbuf>; 2],
     backlog_bytes: u64,
-    /// Stop receiving while the wheel holds this many packets (see [`Worker::hold_limit`]).
+    /// Stop receiving while the wheels hold this many packets (see [`Worker::hold_limit`]).
     hold_limit: usize,
     /// Forward without processing (the baseline of `qosgw bench --passthrough`).
     passthrough: bool,
@@ -113,7 +113,7 @@ impl Worker {
 
     /// Polls until `stop` says so, then flushes what it holds. Packets still held by the
     /// shapers are sent at their departure times when the stop is [`StopWhen::Received`]
-    /// (replay: the loop goes on until the wheel is empty), and freed and counted when it
+    /// (replay: the loop goes on until the wheels are empty), and freed and counted when it
     /// is the flag (`run` stopping on a signal).
     pub fn run(&mut self, stop: &StopWhen) {
         let mut received = 0u64;
