@@ -142,7 +142,9 @@ enum Park {
 struct Sim {
     shaper: PolicyShaper,
     shapers: WorkerShapers,
-    wheel: TimingWheel<u32>,
+    /// Holds the packets' flow numbers as 8-byte items, the size of the worker's mbuf
+    /// pointers, so that the wheel moves as many bytes per packet as in the worker.
+    wheel: TimingWheel<u64>,
     park: Park,
     now: u64,
     delayed: u64,
@@ -172,13 +174,13 @@ impl Sim {
                     Decision::Now => sent += 1,
                     Decision::At(t) => {
                         match self.park {
-                            Park::Wheel => self.wheel.insert(i as u32, t),
+                            Park::Wheel => self.wheel.insert(i as u64, t),
                             Park::Nowhere => sent += t & 1,
                             Park::Spread(span) => {
                                 let r = (i as u64 ^ u64::from(len) << 32)
                                     .wrapping_mul(0x9e37_79b9_7f4a_7c15);
                                 let at = self.now + ((r as u128 * span as u128) >> 64) as u64;
-                                self.wheel.insert(i as u32, at + (t & 1));
+                                self.wheel.insert(i as u64, at + (t & 1));
                             }
                         }
                         self.delayed += 1;
@@ -187,7 +189,7 @@ impl Sim {
                 }
                 self.now += STEP;
             }
-            self.wheel.pop_due(self.now, |x| sent += x as u64 & 1);
+            self.wheel.pop_due(self.now, |x| sent += x & 1);
             // Keep shapers for a second after they went idle, as the worker will.
             self.shapers.retire_idle(self.now.saturating_sub(TSC_HZ), 8);
         }
@@ -218,7 +220,7 @@ fn shaped(n: usize, shapers: usize, scope: ThrottleScope, park: Park) -> Shaped 
     let mut sim = Sim {
         shaper: registry.shaper_for("bench", scope, cfg),
         shapers: WorkerShapers::with_capacity(n, n),
-        wheel: TimingWheel::new(TimingWheel::<u32>::slot_shift_for(TSC_HZ, 2_000), 1 << 16),
+        wheel: TimingWheel::new(TimingWheel::<u64>::slot_shift_for(TSC_HZ, 2_000), 1 << 16),
         park,
         now: 1 << 40,
         delayed: 0,
