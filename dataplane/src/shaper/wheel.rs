@@ -1,4 +1,5 @@
-//! The per-worker timing wheel that holds delayed packets until their departure.
+//! The timing wheel that holds delayed packets until their departure (each worker has one
+//! per port that packets leave on).
 //!
 //! Time is cut into slots of `2^shift` TSC cycles (a few microseconds). The wheel is
 //! hierarchical, four levels of 256 slots: level 0 holds the slots of the current 256-slot
@@ -18,9 +19,12 @@
 //!
 //! Each list is a vector. An emptied list's vector goes to a pool of spares that the next
 //! list to fill takes from, so the wheel's memory grows to what its load needs (vectors in
-//! use at once × their largest fill) and then stops allocating; and cascading or releasing a list reads
-//! memory in order, which matters with hundreds of thousands of packets parked (a linked
-//! list of nodes made each of those a cache miss).
+//! use at once × their largest fill) and then stops allocating; and cascading or releasing
+//! a list reads memory in order, which matters with hundreds of thousands of packets parked
+//! (a linked list of nodes made each of those a cache miss). Level 0's lists hold bare
+//! items (a list there is one slot), the others items with their slot, which a cascade
+//! needs; each kind has its own pool. With a million packets parked every byte of an entry
+//! costs time (docs/BENCHMARKS.md, issue 5, session 4).
 //!
 //! A slot is released once `now` has reached its start, so an item can leave up to one slot
 //! width before its exact departure time (never after, if the wheel is polled in time).
@@ -35,18 +39,24 @@ const WHEEL_BITS: u32 = LEVEL_BITS * LEVELS as u32;
 /// decades at any TSC frequency).
 const MAX_SLOT: u64 = u64::MAX >> 1;
 
+/// An item with its slot, as the levels above 0 and the overflow list hold it: a cascade
+/// needs the slot to place it again.
 struct Entry<T> {
     slot: u64,
     item: T,
 }
 
-struct Level<T> {
-    lists: Box<[Vec<Entry<T>>]>,
+/// The 256 lists of one level, each a vector of `E`. Level 0 holds bare items: each of its
+/// lists is one slot, whose items leave together and never move again, so storing their
+/// slot would only make every entry there twice as big (an mbuf is 8 bytes). The levels
+/// above hold [`Entry`]s.
+struct Level<E> {
+    lists: Box<[Vec<E>]>,
     occupied: [u64; SLOTS / 64],
 }
 
-impl<T> Level<T> {
-    fn new() -> Level<T> {
+impl<E> Level<E> {
+    fn new() -> Level<E> {
         Level {
             lists: (0..SLOTS).map(|_| Vec::new()).collect(),
             occupied: [0; SLOTS / 64],
@@ -78,7 +88,7 @@ impl<T> Level<T> {
 
     /// Appends `e` to list `i`, which takes a vector from `spare` if it has none.
     #[inline]
-    fn append(&mut self, i: usize, e: Entry<T>, spare: &mut Vec<Vec<Entry<T>>>) {
+    fn append(&mut self, i: usize, e: E, spare: &mut Vec<Vec<E>>) {
         self.set(i);
         let list = &mut self.lists[i];
         if list.capacity() == 0 {
@@ -99,16 +109,21 @@ pub struct TimingWheel<T> {
     shift: u32,
     /// Every slot before `cur` has been released.
     cur: u64,
-    levels: [Level<T>; LEVELS],
+    /// Level 0: the slots of the current 256-slot range, one list each.
+    near: Level<T>,
+    /// Levels 1 to 3 (`far[k - 1]` is level `k`).
+    far: [Level<Entry<T>>; LEVELS - 1],
     overflow: Vec<Entry<T>>,
     /// The smallest slot on the overflow list, if any.
     overflow_min: u64,
     /// Items whose slot had already been released when they were inserted: they leave
     /// first at the next release, in insertion order.
-    due: Vec<Entry<T>>,
-    /// Emptied vectors, capacity kept, for the next list to fill. Room for every list is
-    /// reserved up front, so recycling never allocates.
-    spare: Vec<Vec<Entry<T>>>,
+    due: Vec<T>,
+    /// Emptied vectors, capacity kept, for the next list of level 0 (`near`) or of a level
+    /// above (`far`) to fill. Room for every list is reserved up front, so recycling never
+    /// allocates.
+    spare_near: Vec<Vec<T>>,
+    spare_far: Vec<Vec<Entry<T>>>,
     len: usize,
 }
 
@@ -123,11 +138,13 @@ impl<T> TimingWheel<T> {
         TimingWheel {
             shift: slot_shift,
             cur: 0,
-            levels: [Level::new(), Level::new(), Level::new(), Level::new()],
+            near: Level::new(),
+            far: std::array::from_fn(|_| Level::new()),
             overflow: Vec::new(),
             overflow_min: MAX_SLOT,
             due: Vec::with_capacity(capacity),
-            spare: Vec::with_capacity(LEVELS * SLOTS + 1),
+            spare_near: Vec::with_capacity(SLOTS + 1),
+            spare_far: Vec::with_capacity((LEVELS - 1) * SLOTS + 1),
             len: 0,
         }
     }
@@ -167,7 +184,7 @@ impl<T> TimingWheel<T> {
 
     /// Hold `item` until `departure` (TSC). A departure already past leaves at the next
     /// release. O(1); allocates only when a list outgrows every load it had before.
-    #[inline]
+    #[inline(always)]
     pub fn insert(&mut self, item: T, departure: u64) {
         let slot = (departure >> self.shift).min(MAX_SLOT);
         self.len += 1;
@@ -198,21 +215,21 @@ impl<T> TimingWheel<T> {
                 return released;
             }
             let idx = (self.cur & SLOT_MASK) as usize;
-            if let Some(i) = self.levels[0].next_occupied(idx) {
+            if let Some(i) = self.near.next_occupied(idx) {
                 let slot = (self.cur & !SLOT_MASK) | i as u64;
                 if slot > target {
                     self.cur = target + 1;
                     return released;
                 }
                 self.cur = slot;
-                let n = release(&mut self.levels[0].lists[i], max - released, &mut out);
+                let n = release(&mut self.near.lists[i], max - released, &mut out);
                 released += n;
                 self.len -= n;
-                if !self.levels[0].lists[i].is_empty() {
+                if !self.near.lists[i].is_empty() {
                     return released; // `max` reached
                 }
-                self.levels[0].clear(i);
-                recycle(&mut self.spare, &mut self.levels[0].lists[i]);
+                self.near.clear(i);
+                recycle(&mut self.spare_near, &mut self.near.lists[i]);
                 self.cur = slot + 1;
                 if self.cur & SLOT_MASK == 0 {
                     self.cascade();
@@ -242,22 +259,25 @@ impl<T> TimingWheel<T> {
         n
     }
 
-    /// Append `e` to the list its slot belongs to relative to `cur`.
-    #[inline]
+    /// Append `e` to the list its slot belongs to relative to `cur`. (Inlined like
+    /// [`insert`](Self::insert), which it is most of: as calls they cost ~20 instructions
+    /// more per packet.)
+    #[inline(always)]
     fn place(&mut self, e: Entry<T>) {
         if e.slot < self.cur {
-            self.due.push(e);
+            self.due.push(e.item);
             return;
         }
         let differ = e.slot ^ self.cur;
-        let level = if differ == 0 {
-            0
-        } else {
-            ((63 - differ.leading_zeros()) / LEVEL_BITS) as usize
-        };
+        if differ <= SLOT_MASK {
+            let idx = (e.slot & SLOT_MASK) as usize;
+            self.near.append(idx, e.item, &mut self.spare_near);
+            return;
+        }
+        let level = ((63 - differ.leading_zeros()) / LEVEL_BITS) as usize;
         if level < LEVELS {
             let idx = ((e.slot >> (level as u32 * LEVEL_BITS)) & SLOT_MASK) as usize;
-            self.levels[level].append(idx, e, &mut self.spare);
+            self.far[level - 1].append(idx, e, &mut self.spare_far);
         } else {
             self.overflow_min = self.overflow_min.min(e.slot);
             self.overflow.push(e);
@@ -272,7 +292,7 @@ impl<T> TimingWheel<T> {
             let idx = ((self.cur >> bits) & SLOT_MASK) as usize;
             // The current index of a level ≥ 1 is always empty: it was cascaded when `cur`
             // entered it, and later insertions into that range go to lower levels.
-            if let Some(j) = self.levels[k].next_occupied(idx + 1) {
+            if let Some(j) = self.far[k - 1].next_occupied(idx + 1) {
                 let range = bits + LEVEL_BITS;
                 return (self.cur >> range << range) | (j as u64) << bits;
             }
@@ -305,44 +325,43 @@ impl<T> TimingWheel<T> {
                 continue;
             }
             let idx = ((self.cur >> bits) & SLOT_MASK) as usize;
-            if self.levels[k].lists[idx].is_empty() {
+            let level = &mut self.far[k - 1];
+            if level.lists[idx].is_empty() {
                 continue;
             }
             // Items of this range land on lower levels, never back in this list.
-            let mut list = std::mem::take(&mut self.levels[k].lists[idx]);
-            self.levels[k].clear(idx);
+            let mut list = std::mem::take(&mut level.lists[idx]);
+            level.clear(idx);
             if k == 1 {
                 // The usual case, once per packet parked for more than a level-0 range:
                 // all of a level-1 list lies in the level-0 range `cur` has just entered.
-                let (cur, level0) = (self.cur, &mut self.levels[0]);
+                let (cur, near) = (self.cur, &mut self.near);
                 for e in list.drain(..) {
                     debug_assert_eq!(e.slot >> LEVEL_BITS, cur >> LEVEL_BITS);
-                    level0.append((e.slot & SLOT_MASK) as usize, e, &mut self.spare);
+                    near.append((e.slot & SLOT_MASK) as usize, e.item, &mut self.spare_near);
                 }
             } else {
                 for e in list.drain(..) {
                     self.place(e);
                 }
             }
-            recycle(&mut self.spare, &mut list);
+            recycle(&mut self.spare_far, &mut list);
         }
     }
 }
 
 /// Put an emptied list's vector on the spare pool (dropped only if the pool is full, which
 /// cannot happen: there are fewer lists than its reserved room).
-fn recycle<T>(spare: &mut Vec<Vec<Entry<T>>>, list: &mut Vec<Entry<T>>) {
+fn recycle<E>(spare: &mut Vec<Vec<E>>, list: &mut Vec<E>) {
     if list.capacity() > 0 && spare.len() < spare.capacity() {
         spare.push(std::mem::take(list));
     }
 }
 
 /// Hand out up to `max` items from the front of `list`, in order. Returns how many.
-fn release<T>(list: &mut Vec<Entry<T>>, max: usize, out: &mut impl FnMut(T)) -> usize {
+fn release<T>(list: &mut Vec<T>, max: usize, out: &mut impl FnMut(T)) -> usize {
     let n = list.len().min(max);
-    for e in list.drain(..n) {
-        out(e.item);
-    }
+    list.drain(..n).for_each(out);
     n
 }
 
@@ -539,14 +558,16 @@ mod tests {
     }
 
     fn capacity(w: &TimingWheel<u32>) -> usize {
-        let levels: usize = w
-            .levels
+        let near: usize = w.near.lists.iter().map(Vec::capacity).sum();
+        let far: usize = w
+            .far
             .iter()
             .flat_map(|l| l.lists.iter())
             .map(Vec::capacity)
             .sum();
-        let spare: usize = w.spare.iter().map(Vec::capacity).sum();
-        levels + spare + w.overflow.capacity() + w.due.capacity()
+        let spare: usize = w.spare_near.iter().map(Vec::capacity).sum::<usize>()
+            + w.spare_far.iter().map(Vec::capacity).sum::<usize>();
+        near + far + spare + w.overflow.capacity() + w.due.capacity()
     }
 
     #[test]
