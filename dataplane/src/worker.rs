@@ -170,10 +170,7 @@ impl Worker {
         for (out, wheel) in self.wheels.iter_mut().enumerate() {
             n += wheel.pop_due(now, |m| {
                 bytes += u64::from(m.pkt_len());
-                tx_buf[out].push(m);
-                if tx_buf[out].len() == BURST {
-                    flush(&mut queues.tx[out], &mut tx_buf[out], counters, out);
-                }
+                buffer(&mut queues.tx[out], &mut tx_buf[out], m, counters, out);
             });
         }
         self.backlog_bytes -= bytes;
@@ -226,17 +223,13 @@ impl Worker {
         } else {
             for (m, &verdict) in self.burst.drain(..).zip(&self.verdicts) {
                 match verdict {
-                    Verdict::Forward => {
-                        self.tx_buf[out].push(m);
-                        if self.tx_buf[out].len() == BURST {
-                            flush(
-                                &mut self.queues.tx[out],
-                                &mut self.tx_buf[out],
-                                counters,
-                                out,
-                            );
-                        }
-                    }
+                    Verdict::Forward => buffer(
+                        &mut self.queues.tx[out],
+                        &mut self.tx_buf[out],
+                        m,
+                        counters,
+                        out,
+                    ),
                     Verdict::At(departure) => {
                         self.backlog_bytes += u64::from(m.pkt_len());
                         self.wheels[out].insert(m, departure);
@@ -264,6 +257,15 @@ impl Worker {
                 side,
             );
         }
+    }
+}
+
+/// Adds `m` to the TX buffer of `side`, sending the buffer once it holds a burst.
+#[inline]
+fn buffer(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, m: Mbuf, counters: &WorkerCounters, side: usize) {
+    buf.push(m);
+    if buf.len() == BURST {
+        flush(tx, buf, counters, side);
     }
 }
 
