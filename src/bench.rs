@@ -144,11 +144,9 @@ fn flow_frame(i: usize, pkt_size: usize) -> Vec<u8> {
 fn policies_json(m: usize, unmatched: bool, throttled_share: f64) -> String {
     // Every k-th policy throttles each of its flows (`throttle_per: flow`), so that about
     // `throttled_share` of the matched flows each have a shaper of their own.
-    let throttle_every = if throttled_share > 0.0 {
-        (1.0 / throttled_share).round().max(1.0) as usize
-    } else {
-        usize::MAX
-    };
+    // None at share 0: no policy throttles (`j % usize::MAX` would still pick policy 0).
+    let throttle_every =
+        (throttled_share > 0.0).then(|| (1.0 / throttled_share).round().max(1.0) as usize);
     let mut out = Vec::with_capacity(m);
     for j in 0..m {
         let f = flow_spec(j * 7919);
@@ -169,7 +167,7 @@ fn policies_json(m: usize, unmatched: bool, throttled_share: f64) -> String {
         if j % 2 == 0 {
             p += &format!(r#","dst_port":{}"#, f.dst_port);
         }
-        if j % throttle_every == 0 {
+        if throttle_every.is_some_and(|k| j % k == 0) {
             p += &format!(r#","throttle":{THROTTLE_BPS},"throttle_per":"flow""#);
         }
         out.push(p + "}");
@@ -423,6 +421,10 @@ mod tests {
         assert_eq!(flow_frame(0, 1514).len(), 1514);
         let t = policy_table(1000, false, 0.0).unwrap();
         assert_eq!(t.len(), 1000);
+        assert!(
+            t.policies().iter().all(|p| p.throttle.is_none()),
+            "share 0: no policy throttles"
+        );
         assert!(policy_table(1000, true, 0.0).is_ok());
         let throttled = policy_table(1000, false, 0.1).unwrap();
         assert_eq!(
