@@ -18,6 +18,14 @@
 //! most packets to the hash table, three dependent misses each). A front entry is only a
 //! hint, checked against the slot's key; a miss falls back to the hash table, which stays
 //! the authority.
+//!
+//! The front is sized for the capacity but used only as far as the flows need: the hash
+//! picks a bucket among the first [`FRONT_MIN`] at first, and that span doubles whenever
+//! the flows outgrow it (four flows a bucket). So ten thousand flows in a cache for a
+//! million share 4 096 buckets (256 KiB) instead of each having a line of 16 MiB to
+//! itself. Doubling moves nothing: a flow whose bucket changed misses the front once, is
+//! found in the hash table and entered in its new bucket; what it left behind in the old
+//! one is a stale hint, which the key check rejects and newer flows overwrite.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -121,6 +129,10 @@ pub struct Timeouts {
 
 /// Ways of a front-cache bucket.
 const WAYS: usize = 8;
+/// Flows per front bucket before the front's span doubles: two ways per flow.
+const FLOWS_PER_BUCKET: usize = WAYS / 2;
+/// The front's first span, in buckets (4 KiB).
+const FRONT_MIN: usize = 1 << 6;
 
 /// A front-cache bucket: for each way, the high half of a flow's hash (the low half picked
 /// the bucket) and its slot, or [`Candidate::NONE`].
@@ -182,6 +194,7 @@ pub struct Probe {
 
 pub struct FlowCache {
     front: Box<[FrontBucket]>,
+    /// The span of `front` in use, less one: a power of two up to `front.len()`.
     front_mask: usize,
     /// Turns to pick the way a new flow takes in a full bucket.
     front_victim: usize,
@@ -220,7 +233,9 @@ impl FlowCache {
     pub fn new(capacity: usize, timeouts: Timeouts, counters: Arc<WorkerCounters>) -> FlowCache {
         let capacity = capacity.max(1);
         // Two ways per flow, in buckets of eight: 4 KiB..32 MiB.
-        let buckets = (capacity / 4).next_power_of_two().clamp(1 << 6, 1 << 19);
+        let buckets = (capacity / FLOWS_PER_BUCKET)
+            .next_power_of_two()
+            .clamp(FRONT_MIN, 1 << 19);
         let shorter = timeouts.idle.min(timeouts.tcp_closed).max(1);
         let tick_shift = (63 - shorter.leading_zeros()).saturating_sub(10);
         let ticks = |t: u64| i32::try_from(t >> tick_shift).unwrap_or(i32::MAX);
@@ -229,7 +244,7 @@ impl FlowCache {
         front.resize(buckets, FrontBucket::EMPTY);
         FlowCache {
             front: front.into_boxed_slice(),
-            front_mask: buckets - 1,
+            front_mask: FRONT_MIN - 1,
             front_victim: 0,
             table: HashTable::with_capacity(capacity),
             slots: huge_pages::vec_with_capacity(capacity),
@@ -400,6 +415,11 @@ impl FlowCache {
         self.table
             .insert_unique(hash, index as u32, |&i| hasher.hash(&slots[i as usize].key));
         self.counters.cache_entries.set(self.table.len() as u64);
+        // The flows outgrew the front's span: double it (module docs).
+        let span = self.front_mask + 1;
+        if self.table.len() > span * FLOWS_PER_BUCKET && span < self.front.len() {
+            self.front_mask = 2 * span - 1;
+        }
         index
     }
 
@@ -552,6 +572,34 @@ mod tests {
     fn a_slot_and_a_front_bucket_are_one_cache_line_each() {
         assert_eq!(std::mem::size_of::<Slot>(), 64);
         assert_eq!(std::mem::size_of::<FrontBucket>(), 64);
+    }
+
+    #[test]
+    fn the_front_grows_with_the_flows_not_with_the_capacity() {
+        let (mut fc, c) = cache(1 << 20);
+        assert_eq!(fc.front.len(), 1 << 18);
+        assert_eq!(fc.front_mask + 1, FRONT_MIN);
+        for n in 0..10_000 {
+            fc.lookup(&key(n), 0, false).policy = n;
+        }
+        // 10 000 flows at four a bucket: a span of 4 096 buckets.
+        assert_eq!(fc.front_mask + 1, 4096);
+        // Flows entered before a doubling miss the front once and come back from the
+        // table, with their own entry.
+        for n in 0..10_000 {
+            assert_eq!(fc.lookup(&key(n), 1, false).policy, n, "flow {n}");
+        }
+        assert_eq!(c.cache_misses.get(), 10_000);
+        assert_eq!(c.cache_hits.get(), 10_000);
+        // Now the front names nearly every flow's slot (a bucket holds eight).
+        let named = (0..10_000)
+            .filter(|&n| {
+                let k = key(n);
+                let Candidate(slot) = fc.prefetch_slot(fc.hash(&k));
+                fc.slots.get(slot as usize).is_some_and(|s| s.key == k)
+            })
+            .count();
+        assert!(named >= 9_900, "{named} of 10 000 flows in the front");
     }
 
     #[test]
