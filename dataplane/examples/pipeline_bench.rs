@@ -97,9 +97,7 @@ fn main() {
         for pass in 0..passes {
             for burst in frames.chunks_mut(BURST) {
                 p.housekeeping(pass);
-                for f in burst.iter() {
-                    p.stage(Some(f), Side::Inside);
-                }
+                p.stage(burst.iter().map(|f| Some(&f[..])), Side::Inside);
                 if stages > 1 {
                     p.prefetch_staged();
                 }

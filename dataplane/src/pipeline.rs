@@ -150,32 +150,39 @@ impl Pipeline {
 
     /// Processes one frame received on `side` at TSC time `now`. `frame` holds the whole
     /// frame (the dataplane's mbufs are large enough for a jumbo frame in one segment).
-    /// The worker does the same for a burst in stages: [`Pipeline::stage`] every frame,
+    /// The worker does the same for a burst in stages: [`Pipeline::stage`] its frames,
     /// [`Pipeline::prefetch_staged`], then [`Pipeline::process_staged`] each.
     #[inline]
     pub fn process(&mut self, frame: &mut [u8], side: Side, now: u64) -> Verdict {
         self.clear_staged();
-        self.stage(Some(frame), side);
+        self.stage([Some(&*frame)], side);
         self.prefetch_staged();
         let verdict = self.process_staged(0, frame, now);
         self.clear_staged();
         verdict
     }
 
-    /// First stage of a burst: parses the next frame (`None`: one that does not fit a
-    /// segment, counted as malformed `oversized`), hashes its flow and starts loading the
-    /// flow's front-cache bucket. At most [`Pipeline::MAX_STAGED`] frames are staged at once.
-    /// Only the frames of one burst at a time: [`Pipeline::clear_staged`] after it.
+    /// First stage of a burst: parses each frame (`None`: one that does not fit a segment,
+    /// counted as malformed `oversized`), hashes its flow and starts loading the flow's
+    /// front-cache bucket. The frames are staged in order after those already staged, at
+    /// most [`Pipeline::MAX_STAGED`] in all (the rest are ignored). Only the frames of one
+    /// burst at a time: [`Pipeline::clear_staged`] after it.
     #[inline]
-    pub fn stage(&mut self, frame: Option<&[u8]>, side: Side) {
-        // Parsed in place: moving each result through the stack cost more than parsing.
-        let s = &mut self.staged[self.n_staged];
-        self.n_staged += 1;
-        s.kind = frame.map(|f| wire::parse_into(f, side.is_inbound(), &mut s.info));
-        if s.kind == Some(Kind::Ip) {
-            s.probe.hash = self.cache.hash(&s.info.key);
-            self.cache.prefetch_front(s.probe.hash);
+    pub fn stage<'f>(&mut self, frames: impl IntoIterator<Item = Option<&'f [u8]>>, side: Side) {
+        let before = self.n_staged;
+        let mut n = before;
+        // Zipped, not indexed: a per-frame index and its bounds check cost more than the
+        // prefetch.
+        for (s, frame) in self.staged[before..].iter_mut().zip(frames) {
+            n += 1;
+            // Parsed in place: moving each result through the stack cost more than parsing.
+            s.kind = frame.map(|f| wire::parse_into(f, side.is_inbound(), &mut s.info));
+            if s.kind == Some(Kind::Ip) {
+                s.probe.hash = self.cache.hash(&s.info.key);
+                self.cache.prefetch_front(s.probe.hash);
+            }
         }
+        self.n_staged = n;
     }
 
     /// Second stage: starts loading the flow-cache slot of every staged frame.
@@ -470,9 +477,7 @@ mod tests {
         .expect("publishable");
         p.housekeeping(now);
         let mut frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
-        for f in &frames {
-            p.stage(Some(f), Side::Inside);
-        }
+        p.stage(frames.iter().map(|f| Some(&f[..])), Side::Inside);
         p.prefetch_staged();
         let verdicts: Vec<Verdict> = frames
             .iter_mut()

@@ -193,10 +193,11 @@ impl Worker {
             // Parse and hash the whole burst, then prefetch its flow-cache slots, so that
             // the packets' cache misses overlap. Frames bigger than a segment (over
             // MAX_FRAME_LEN) are not parsed: counted as oversized, handled as malformed.
-            for m in &self.burst {
-                self.pipeline
-                    .stage(m.is_contiguous().then(|| m.data()), side);
-            }
+            let frames = self
+                .burst
+                .iter()
+                .map(|m| m.is_contiguous().then(|| m.data()));
+            self.pipeline.stage(frames, side);
             self.pipeline.prefetch_staged();
         }
         let mut bytes = 0u64;
