@@ -151,15 +151,16 @@ impl Pipeline {
     /// Processes one frame received on `side` at TSC time `now`. `frame` holds the whole
     /// frame (the dataplane's mbufs are large enough for a jumbo frame in one segment).
     /// The worker does the same for a burst in stages: [`Pipeline::stage`] its frames,
-    /// [`Pipeline::prefetch_staged`], then [`Pipeline::process_staged`] each.
+    /// [`Pipeline::prefetch_staged`], then [`Pipeline::process_staged`].
     #[inline]
     pub fn process(&mut self, frame: &mut [u8], side: Side, now: u64) -> Verdict {
         self.clear_staged();
         self.stage([Some(&*frame)], side);
         self.prefetch_staged();
-        let verdict = self.process_staged(0, frame, now);
+        let mut verdict = [Verdict::Drop];
+        self.process_staged([frame], &mut verdict, now);
         self.clear_staged();
-        verdict
+        verdict[0]
     }
 
     /// First stage of a burst: parses each frame (`None`: one that does not fit a segment,
@@ -195,28 +196,71 @@ impl Pipeline {
         }
     }
 
-    /// Forgets the staged frames (after the last [`Pipeline::process_staged`] of a burst).
+    /// Forgets the staged frames (after [`Pipeline::process_staged`]).
     #[inline]
     pub fn clear_staged(&mut self) {
         self.n_staged = 0;
     }
 
-    /// Last stage: processes staged frame `i`, whose bytes are `frame`.
+    /// Last stage: processes the staged frames in order, whose bytes `frames` gives, and
+    /// writes each one's verdict to `verdicts`. Returns whether every verdict is
+    /// [`Verdict::Forward`].
     #[inline]
-    pub fn process_staged(&mut self, i: usize, frame: &mut [u8], now: u64) -> Verdict {
-        debug_assert!(i < self.n_staged, "frame {i} was not staged");
+    pub fn process_staged<'f>(
+        &mut self,
+        frames: impl IntoIterator<Item = &'f mut [u8]>,
+        verdicts: &mut [Verdict],
+        now: u64,
+    ) -> bool {
+        // What stays the same for the whole burst is looked up once, here.
+        let mut burst = Burst {
+            cache: &mut self.cache,
+            fragments: &mut self.fragments,
+            shapers: &mut self.shapers,
+            counters: &self.counters,
+            set: self.policies.set(),
+            config: self.config,
+            worker: self.worker,
+            now,
+        };
+        let mut all_forward = true;
+        let staged = &self.staged[..self.n_staged];
+        for ((s, frame), v) in staged.iter().zip(frames).zip(verdicts) {
+            let verdict = burst.process(s, frame);
+            all_forward &= verdict == Verdict::Forward;
+            *v = verdict;
+        }
+        all_forward
+    }
+}
+
+/// A pipeline's parts as the last stage of one burst uses them.
+struct Burst<'p> {
+    cache: &'p mut FlowCache,
+    fragments: &'p mut FragmentTable,
+    shapers: &'p mut WorkerShapers,
+    counters: &'p WorkerCounters,
+    set: &'p PolicySet,
+    config: PipelineConfig,
+    worker: usize,
+    now: u64,
+}
+
+impl Burst<'_> {
+    /// Processes one staged frame, whose bytes are `frame`.
+    #[inline]
+    fn process(&mut self, staged: &Staged, frame: &mut [u8]) -> Verdict {
         // Borrowed, not copied: the parsed frame is most of a cache line.
-        let staged = &self.staged[i];
         let probe = staged.probe;
         if staged.kind != Some(Kind::Ip) {
             return self.not_ip(staged.kind);
         }
+        let (set, now) = (self.set, self.now);
         let info = &staged.info;
-        let set = self.policies.set();
         let mut fragment_hint = ShaperHint::NONE;
         let (policy, hash, hint) = match classify(
-            &mut self.cache,
-            &mut self.fragments,
+            self.cache,
+            self.fragments,
             set,
             self.worker,
             info,
@@ -273,9 +317,7 @@ impl Pipeline {
         });
         verdict
     }
-}
 
-impl Pipeline {
     /// Counts a frame that is not IP (`None`: oversized) and says what becomes of it.
     #[cold]
     #[inline(never)]
@@ -479,11 +521,8 @@ mod tests {
         let mut frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
         p.stage(frames.iter().map(|f| Some(&f[..])), Side::Inside);
         p.prefetch_staged();
-        let verdicts: Vec<Verdict> = frames
-            .iter_mut()
-            .enumerate()
-            .map(|(i, f)| p.process_staged(i, f, now))
-            .collect();
+        let mut verdicts = [Verdict::Drop; 3];
+        p.process_staged(frames.iter_mut().map(|f| &mut f[..]), &mut verdicts, now);
         p.clear_staged();
         // Each host's first frame under "d" fits its new shaper's burst; all are marked.
         assert_eq!(verdicts, [Verdict::Forward; 3]);

@@ -201,17 +201,18 @@ impl Worker {
             self.pipeline.prefetch_staged();
         }
         let mut bytes = 0u64;
-        let mut all_forward = true;
-        for (i, m) in self.burst.iter_mut().enumerate() {
-            bytes += u64::from(m.pkt_len());
-            let verdict = if self.passthrough {
-                Verdict::Forward
-            } else {
-                self.pipeline.process_staged(i, m.data_mut(), now)
-            };
-            all_forward &= verdict == Verdict::Forward;
-            self.verdicts[i] = verdict;
-        }
+        let all_forward = if self.passthrough {
+            bytes = self.burst.iter().map(|m| u64::from(m.pkt_len())).sum();
+            self.verdicts.fill(Verdict::Forward);
+            true
+        } else {
+            let frames = self.burst.iter_mut().map(|m| {
+                bytes += u64::from(m.pkt_len());
+                m.data_mut()
+            });
+            self.pipeline
+                .process_staged(frames, &mut self.verdicts, now)
+        };
         if all_forward && self.tx_buf[out].is_empty() {
             // The usual case: the whole burst leaves as it came, in one TX burst.
             send(
