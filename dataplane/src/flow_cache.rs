@@ -346,8 +346,8 @@ impl FlowCache {
             .slots
             .get(candidate.0 as usize)
             .is_some_and(|s| s.state & OCCUPIED != 0 && s.key == *key);
-        // Each way touches its slot itself: through a merged index the slot would be
-        // bounds-checked twice on the hit path.
+        // The front hit and the table lookup each update their own slot: through one
+        // merged index the hit path bounds-checked its slot twice.
         if in_front {
             self.counters.cache_hits.inc();
             return self.slots[candidate.0 as usize].seen(tick, REFERENCED | closing);
