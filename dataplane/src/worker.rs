@@ -202,7 +202,7 @@ impl Worker {
         }
         let mut bytes = 0u64;
         let all_forward = if self.passthrough {
-            bytes = self.burst.iter().map(|m| u64::from(m.pkt_len())).sum();
+            bytes = bytes_of(&self.burst);
             self.verdicts.fill(Verdict::Forward);
             true
         } else {
@@ -277,8 +277,7 @@ fn flush(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, counters: &WorkerCounters, side:
     if buf.is_empty() {
         return;
     }
-    let bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
-    send(tx, buf, bytes, counters, side);
+    send(tx, buf, bytes_of(buf), counters, side);
 }
 
 /// Sends `buf`, which holds `bytes` bytes, emptying it; what the queue refuses is freed
@@ -287,8 +286,13 @@ fn flush(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, counters: &WorkerCounters, side:
 fn send(tx: &mut TxQueue, buf: &mut Vec<Mbuf>, bytes: u64, counters: &WorkerCounters, side: usize) {
     let sent = tx.tx_burst(buf);
     counters.tx_packets[side].add(sent as u64);
-    let refused_bytes: u64 = buf.iter().map(|m| u64::from(m.pkt_len())).sum();
-    counters.tx_bytes[side].add(bytes - refused_bytes);
+    counters.tx_bytes[side].add(bytes - bytes_of(buf));
     counters.tx_full[side].add(buf.len() as u64);
     buf.clear();
+}
+
+/// The bytes of `mbufs`, every segment counted.
+#[inline]
+fn bytes_of(mbufs: &[Mbuf]) -> u64 {
+    mbufs.iter().map(|m| u64::from(m.pkt_len())).sum()
 }
