@@ -202,6 +202,10 @@ pub struct Probe {
     pub candidate: Candidate,
 }
 
+/// A time as [`Slot::last_seen`] counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tick(u32);
+
 pub struct FlowCache {
     front: Box<[FrontBucket]>,
     /// The span of `front` in use, less one: a power of two up to `front.len()`.
@@ -288,9 +292,11 @@ impl FlowCache {
         self.hasher.hash(key)
     }
 
+    /// The cache's clock at TSC time `now`, for [`FlowCache::lookup_probed`] (found once
+    /// for a whole burst).
     #[inline]
-    fn tick(&self, now: u64) -> u32 {
-        (now >> self.tick_shift) as u32
+    pub fn tick(&self, now: u64) -> Tick {
+        Tick((now >> self.tick_shift) as u32)
     }
 
     #[inline]
@@ -327,20 +333,20 @@ impl FlowCache {
     pub fn lookup(&mut self, key: &FlowKey, now: u64, closing: bool) -> &mut FlowEntry {
         let hash = self.hash(key);
         let candidate = self.prefetch_slot(hash);
-        self.lookup_probed(key, Probe { hash, candidate }, now, closing)
+        let tick = self.tick(now);
+        self.lookup_probed(key, Probe { hash, candidate }, tick, closing)
     }
 
-    /// [`FlowCache::lookup`] with the key's [`hash`](FlowCache::hash) and the front
-    /// cache's [`Candidate`] already found.
+    /// [`FlowCache::lookup`] with the key's [`hash`](FlowCache::hash), the front cache's
+    /// [`Candidate`] and the [`tick`](FlowCache::tick) already found.
     #[inline]
     pub fn lookup_probed(
         &mut self,
         key: &FlowKey,
         Probe { hash, candidate }: Probe,
-        now: u64,
+        Tick(tick): Tick,
         closing: bool,
     ) -> &mut FlowEntry {
-        let tick = self.tick(now);
         let closing = if closing { CLOSING } else { 0 };
         let in_front = self
             .slots
@@ -480,7 +486,7 @@ impl FlowCache {
         if n == 0 {
             return;
         }
-        let tick = self.tick(now);
+        let Tick(tick) = self.tick(now);
         for _ in 0..budget.min(n) {
             let i = advance(&mut self.expire_hand, n);
             let slot = &self.slots[i];

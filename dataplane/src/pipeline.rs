@@ -8,9 +8,9 @@ use std::sync::Arc;
 use control::{Direction, MatchKey};
 
 use crate::counters::WorkerCounters;
-use crate::flow_cache::{generation_tag, Candidate, FlowCache, FlowEntry, Probe, Timeouts};
+use crate::flow_cache::{generation_tag, Candidate, FlowCache, FlowEntry, Probe, Tick, Timeouts};
 use crate::fragments::FragmentTable;
-use crate::policy_set::{PolicySet, Subscriber};
+use crate::policy_set::{Actions, PolicySet, Subscriber};
 use crate::shaper::{Decision, ScopeKey, ShaperHint, WorkerShapers};
 use crate::wire::{self, FlowKey, Fragment, Kind, PacketInfo};
 
@@ -214,15 +214,20 @@ impl Pipeline {
     ) -> bool {
         debug_assert!(verdicts.len() >= self.n_staged, "a verdict for every frame");
         // What stays the same for the whole burst is looked up once, here.
+        let set = self.policies.set();
         let mut burst = Burst {
+            tick: self.cache.tick(now),
+            generation: generation_tag(set.generation),
             cache: &mut self.cache,
             fragments: &mut self.fragments,
-            shapers: &mut self.shapers,
-            counters: &self.counters,
-            set: self.policies.set(),
-            config: self.config,
-            worker: self.worker,
-            now,
+            act: Act {
+                shapers: &mut self.shapers,
+                counters: &self.counters,
+                set,
+                config: self.config,
+                worker: self.worker,
+                now,
+            },
         };
         let mut all_forward = true;
         let staged = &self.staged[..self.n_staged];
@@ -235,10 +240,21 @@ impl Pipeline {
     }
 }
 
-/// A pipeline's parts as the last stage of one burst uses them.
+/// A pipeline's parts as the last stage of one burst uses them: the flow tables, and what
+/// acts on a classified frame (split so that a flow's entry, borrowed from the cache, can
+/// be handed to the latter).
 struct Burst<'p> {
     cache: &'p mut FlowCache,
     fragments: &'p mut FragmentTable,
+    /// The flow cache's clock now.
+    tick: Tick,
+    /// The [`generation_tag`] of the policies in force.
+    generation: u32,
+    act: Act<'p>,
+}
+
+/// What acts on a classified frame: its policy's marking, shaper and counters.
+struct Act<'p> {
     shapers: &'p mut WorkerShapers,
     counters: &'p WorkerCounters,
     set: &'p PolicySet,
@@ -248,29 +264,78 @@ struct Burst<'p> {
 }
 
 impl Burst<'_> {
-    /// Processes one staged frame, whose bytes are `frame`.
+    /// Processes one staged frame, whose bytes are `frame`. The common case, a whole
+    /// datagram whose policy (if any) does not shape, is all inline here; fragments and
+    /// shaped packets take a call each, which keeps the common case's registers free.
     #[inline]
     fn process(&mut self, staged: &Staged, frame: &mut [u8]) -> Verdict {
-        // Borrowed, not copied: the parsed frame is most of a cache line.
-        let probe = staged.probe;
         if staged.kind != Some(Kind::Ip) {
-            return self.not_ip(staged.kind);
+            return self.act.not_ip(staged.kind);
         }
-        let (set, now) = (self.set, self.now);
+        // Borrowed, not copied: the parsed frame is most of a cache line.
         let info = &staged.info;
-        let mut fragment_hint = ShaperHint::NONE;
-        let (policy, hash, hint) = match classify(
+        if info.fragment != Fragment::None {
+            return self.fragment(info, staged.probe, frame);
+        }
+        let entry = flow_entry(
             self.cache,
-            self.fragments,
-            set,
-            self.worker,
+            self.tick,
+            self.generation,
+            &self.act,
+            info,
+            staged.probe,
+        );
+        let hint = &mut entry.shaper_hint;
+        self.act
+            .classified(entry.policy, info, staged.probe.hash, hint, frame)
+    }
+
+    /// A fragment: a non-first one follows its datagram's first fragment when that was
+    /// seen, and a first one is remembered for the rest of its datagram.
+    #[cold]
+    #[inline(never)]
+    fn fragment(&mut self, info: &PacketInfo, probe: Probe, frame: &mut [u8]) -> Verdict {
+        let generation = self.act.set.generation;
+        if let Fragment::NonFirst { id } = info.fragment {
+            if let Some((policy, hash)) = self.fragments.recall(&info.key, id, generation) {
+                let mut hint = ShaperHint::NONE;
+                return self.act.classified(policy, info, hash, &mut hint, frame);
+            }
+        }
+        let entry = flow_entry(
+            self.cache,
+            self.tick,
+            self.generation,
+            &self.act,
             info,
             probe,
-            now,
-        ) {
-            Classified::Flow(entry) => (entry.policy, probe.hash, &mut entry.shaper_hint),
-            Classified::Fragment { policy, hash } => (policy, hash, &mut fragment_hint),
-        };
+        );
+        if let Fragment::First { id } = info.fragment {
+            self.fragments
+                .remember(&info.key, id, entry.policy, probe.hash, generation);
+        }
+        self.act.classified(
+            entry.policy,
+            info,
+            probe.hash,
+            &mut entry.shaper_hint,
+            frame,
+        )
+    }
+}
+
+impl Act<'_> {
+    /// Acts on a frame classified to `policy` (or to none), whose flow hashes to `hash` and
+    /// whose shaper instance was last found at `hint`.
+    #[inline(always)]
+    fn classified(
+        &mut self,
+        policy: u32,
+        info: &PacketInfo,
+        hash: u64,
+        hint: &mut ShaperHint,
+        frame: &mut [u8],
+    ) -> Verdict {
         if policy == FlowEntry::NO_POLICY {
             self.counters.unmatched_packets.inc();
             if !self.config.trust_dscp && wire::dscp(frame, info) != Some(0) {
@@ -278,31 +343,57 @@ impl Burst<'_> {
             }
             return Verdict::Forward;
         }
-        let actions = set.actions(policy);
+        let actions = self.set.actions(policy);
+        if actions.shaper.is_some() {
+            return self.shaped(actions, info, hash, hint, frame);
+        }
+        self.mark(actions, info, frame, self.now);
+        Verdict::Forward
+    }
+
+    /// A frame of a policy with a shaper: scheduled, then marked unless dropped.
+    #[inline(never)]
+    fn shaped(
+        &mut self,
+        actions: &Actions,
+        info: &PacketInfo,
+        hash: u64,
+        hint: &mut ShaperHint,
+        frame: &mut [u8],
+    ) -> Verdict {
+        let Some(shaper) = &actions.shaper else {
+            unreachable!("only called for a policy with a shaper")
+        };
         let counters = actions.counters(self.worker);
-        let len = frame.len() as u32;
-        let verdict = match &actions.shaper {
-            None => Verdict::Forward,
-            Some(shaper) => {
-                let key = ScopeKey {
-                    host: inside_host(&info.key),
-                    flow: hash,
-                };
-                match self.shapers.schedule(shaper, &key, hint, now, len) {
-                    Decision::Now => Verdict::Forward,
-                    Decision::At(t) => {
-                        counters.delayed.inc();
-                        Verdict::At(t)
-                    }
-                    Decision::Drop => {
-                        counters.dropped.inc();
-                        return Verdict::Drop;
-                    }
-                }
+        let key = ScopeKey {
+            host: inside_host(&info.key),
+            flow: hash,
+        };
+        let now = self.now;
+        let (verdict, at) = match self
+            .shapers
+            .schedule(shaper, &key, hint, now, frame.len() as u32)
+        {
+            Decision::Now => (Verdict::Forward, now),
+            Decision::At(t) => {
+                counters.delayed.inc();
+                (Verdict::At(t), t)
+            }
+            Decision::Drop => {
+                counters.dropped.inc();
+                return Verdict::Drop;
             }
         };
+        self.mark(actions, info, frame, at);
+        verdict
+    }
+
+    /// Counts a frame its policy lets go at TSC time `at`, and marks it.
+    #[inline(always)]
+    fn mark(&self, actions: &Actions, info: &PacketInfo, frame: &mut [u8], at: u64) {
+        let counters = actions.counters(self.worker);
         counters.packets.inc();
-        counters.bytes.add(u64::from(len));
+        counters.bytes.add(frame.len() as u64);
         if let Some(dscp) = actions.dscp {
             wire::set_dscp(frame, info, dscp);
         }
@@ -312,11 +403,7 @@ impl Burst<'_> {
         if actions.dscp.is_some() || actions.pcp.is_some() {
             counters.marked.inc();
         }
-        counters.sent(match verdict {
-            Verdict::At(t) => t,
-            _ => now,
-        });
-        verdict
+        counters.sent(at);
     }
 
     /// Counts a frame that is not IP (`None`: oversized) and says what becomes of it.
@@ -361,41 +448,23 @@ impl Staged {
     };
 }
 
-/// Where a packet's classification came from.
-enum Classified<'a> {
-    /// The flow's cache entry (classified now if it was new or stale).
-    Flow(&'a mut FlowEntry),
-    /// A non-first fragment that follows its datagram's first fragment.
-    Fragment { policy: u32, hash: u64 },
-}
-
-/// The flow's policy: from the flow cache, classifying on a miss or after a reload;
-/// non-first fragments follow their datagram's first fragment when it was seen.
-#[inline]
-fn classify<'a>(
+/// The flow's cache entry at `tick`, classified now if it is new or was classified under
+/// another policy generation than `generation` (the tag of `act`'s policies).
+#[inline(always)]
+fn flow_entry<'a>(
     cache: &'a mut FlowCache,
-    fragments: &mut FragmentTable,
-    set: &PolicySet,
-    worker: usize,
+    tick: Tick,
+    generation: u32,
+    act: &Act,
     info: &PacketInfo,
     probe: Probe,
-    now: u64,
-) -> Classified<'a> {
-    let generation = set.generation;
-    if let Fragment::NonFirst { id } = info.fragment {
-        if let Some((policy, hash)) = fragments.recall(&info.key, id, generation) {
-            return Classified::Fragment { policy, hash };
-        }
-    }
+) -> &'a mut FlowEntry {
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
-    let entry = cache.lookup_probed(&info.key, probe, now, closing);
-    if entry.generation != generation_tag(generation) {
-        reclassify(entry, set, &info.key, worker);
+    let entry = cache.lookup_probed(&info.key, probe, tick, closing);
+    if entry.generation != generation {
+        reclassify(entry, act.set, &info.key, act.worker);
     }
-    if let Fragment::First { id } = info.fragment {
-        fragments.remember(&info.key, id, entry.policy, probe.hash, generation);
-    }
-    Classified::Flow(entry)
+    entry
 }
 
 /// Classifies a new flow, or one last classified under another policy generation (kept
