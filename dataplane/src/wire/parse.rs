@@ -380,18 +380,21 @@ fn fast_path_checked(frame: &[u8], inbound: bool, out: &mut PacketInfo) -> Optio
         }
         _ => return None,
     };
-    let (header, tcp_flags) = match protocol {
-        protocol::TCP => (tcp::HEADER_LEN, *frame.get(l4_at + 13)?),
-        protocol::UDP => (udp::HEADER_LEN, 0),
+    // The IP payload lies within the frame, and the transport header within the payload.
+    let payload = frame.get(l4_at..l4_end)?;
+    // Both ports in one load: source in the high half, destination in the low.
+    let ports = |h: &[u8]| u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+    let (ports, tcp_flags) = match protocol {
+        protocol::TCP => {
+            let h: &[u8; tcp::HEADER_LEN] = payload.get(..tcp::HEADER_LEN)?.try_into().ok()?;
+            (ports(h), h[13])
+        }
+        protocol::UDP => {
+            let h: &[u8; udp::HEADER_LEN] = payload.get(..udp::HEADER_LEN)?.try_into().ok()?;
+            (ports(h), 0)
+        }
         _ => return None,
     };
-    // The transport header lies within the IP length, which lies within the frame.
-    if l4_end > frame.len() || l4_at + header > l4_end {
-        return None;
-    }
-    let ports: &[u8; 4] = frame.get(l4_at..l4_at + 4)?.try_into().ok()?;
-    let src_port = u16::from_be_bytes([ports[0], ports[1]]);
-    let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     let flags = flags | if inbound { FlowKey::INBOUND } else { 0 };
     let [a0, a1, a2, a3] = addresses;
     out.key = FlowKey::from_words([
@@ -399,8 +402,8 @@ fn fast_path_checked(frame: &[u8], inbound: bool, out: &mut PacketInfo) -> Optio
         a1,
         a2,
         a3,
-        u64::from(src_port)
-            | u64::from(dst_port) << 16
+        // The key's source port is its low 16 bits, the destination the next 16.
+        u64::from(ports.rotate_left(16))
             | u64::from(FlowKey::NO_VLAN) << 32
             | u64::from(protocol) << 48
             | u64::from(flags) << 56,
