@@ -200,16 +200,13 @@ impl Worker {
             self.pipeline.stage(frames, side);
             self.pipeline.prefetch_staged();
         }
-        let mut bytes = 0u64;
+        // Summed apart from the processing, whose loop has no register to spare.
+        let bytes = bytes_of(&self.burst);
         let all_forward = if self.passthrough {
-            bytes = bytes_of(&self.burst);
             self.verdicts.fill(Verdict::Forward);
             true
         } else {
-            let frames = self.burst.iter_mut().map(|m| {
-                bytes += u64::from(m.pkt_len());
-                m.data_mut()
-            });
+            let frames = self.burst.iter_mut().map(Mbuf::data_mut);
             self.pipeline
                 .process_staged(frames, &mut self.verdicts, now)
         };
