@@ -312,7 +312,7 @@ impl FlowCache {
     /// Starts loading the front-cache bucket of `hash` (first stage of a burst).
     #[inline]
     pub fn prefetch_front(&self, hash: u64) {
-        prefetch(&self.front[self.bucket(hash)]);
+        prefetch(self.front.as_ptr().wrapping_add(self.bucket(hash)));
     }
 
     /// The slot the front cache names for `hash`, whose loading this starts (second
@@ -323,9 +323,9 @@ impl FlowCache {
         match bucket.way(front_tag(hash)) {
             Some(w) => {
                 let slot = bucket.slots[w];
-                if let Some(s) = self.slots.get(slot as usize) {
-                    prefetch(s);
-                }
+                // Unchecked: a way may name no slot (an empty one whose tag 0 matched), and
+                // the lookup checks before it reads.
+                prefetch(self.slots.as_ptr().wrapping_add(slot as usize));
                 Candidate(slot)
             }
             None => Candidate::NONE,
