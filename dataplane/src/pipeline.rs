@@ -11,7 +11,7 @@ use crate::counters::WorkerCounters;
 use crate::flow_cache::{generation_tag, Candidate, FlowCache, FlowEntry, Probe, Tick, Timeouts};
 use crate::fragments::FragmentTable;
 use crate::policy_set::{Actions, PolicySet, Subscriber};
-use crate::shaper::{Decision, ScopeKey, ShaperHint, WorkerShapers};
+use crate::shaper::{Decision, PolicyShaper, ScopeKey, ShaperHint, WorkerShapers};
 use crate::wire::{self, FlowKey, Fragment, Kind, PacketInfo};
 
 /// The port a frame arrived on. A bump in the wire sends it out of the other one.
@@ -217,7 +217,7 @@ impl Pipeline {
         let set = self.policies.set();
         let mut burst = Burst {
             tick: self.cache.tick(now),
-            generation: generation_tag(set.generation),
+            tag: generation_tag(set.generation),
             cache: &mut self.cache,
             fragments: &mut self.fragments,
             act: Act {
@@ -249,7 +249,7 @@ struct Burst<'p> {
     /// The flow cache's clock now.
     tick: Tick,
     /// The [`generation_tag`] of the policies in force.
-    generation: u32,
+    tag: u32,
     act: Act<'p>,
 }
 
@@ -280,7 +280,7 @@ impl Burst<'_> {
         let entry = flow_entry(
             self.cache,
             self.tick,
-            self.generation,
+            self.tag,
             &self.act,
             info,
             staged.probe,
@@ -302,14 +302,7 @@ impl Burst<'_> {
                 return self.act.classified(policy, info, hash, &mut hint, frame);
             }
         }
-        let entry = flow_entry(
-            self.cache,
-            self.tick,
-            self.generation,
-            &self.act,
-            info,
-            probe,
-        );
+        let entry = flow_entry(self.cache, self.tick, self.tag, &self.act, info, probe);
         if let Fragment::First { id } = info.fragment {
             self.fragments
                 .remember(&info.key, id, entry.policy, probe.hash, generation);
@@ -344,8 +337,8 @@ impl Act<'_> {
             return Verdict::Forward;
         }
         let actions = self.set.actions(policy);
-        if actions.shaper.is_some() {
-            return self.shaped(actions, info, hash, hint, frame);
+        if let Some(shaper) = &actions.shaper {
+            return self.shaped(shaper, actions, info, hash, hint, frame);
         }
         self.mark(actions, info, frame, self.now);
         Verdict::Forward
@@ -355,15 +348,13 @@ impl Act<'_> {
     #[inline(never)]
     fn shaped(
         &mut self,
+        shaper: &PolicyShaper,
         actions: &Actions,
         info: &PacketInfo,
         hash: u64,
         hint: &mut ShaperHint,
         frame: &mut [u8],
     ) -> Verdict {
-        let Some(shaper) = &actions.shaper else {
-            unreachable!("only called for a policy with a shaper")
-        };
         let counters = actions.counters(self.worker);
         let key = ScopeKey {
             host: inside_host(&info.key),
@@ -449,19 +440,19 @@ impl Staged {
 }
 
 /// The flow's cache entry at `tick`, classified now if it is new or was classified under
-/// another policy generation than `generation` (the tag of `act`'s policies).
+/// another policy generation than the one tagged `tag` (`act`'s policies).
 #[inline(always)]
 fn flow_entry<'a>(
     cache: &'a mut FlowCache,
     tick: Tick,
-    generation: u32,
+    tag: u32,
     act: &Act,
     info: &PacketInfo,
     probe: Probe,
 ) -> &'a mut FlowEntry {
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
     let entry = cache.lookup_probed(&info.key, probe, tick, closing);
-    if entry.generation != generation {
+    if entry.generation != tag {
         reclassify(entry, act.set, &info.key, act.worker);
     }
     entry

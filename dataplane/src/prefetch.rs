@@ -6,7 +6,9 @@
 
 /// Ask the CPU to bring the cache line at `p` in, without waiting for it. (A plain load
 /// would do the same but holds up retirement while it misses, which limits how many
-/// overlap.) Any address will do, so callers need not bounds-check what may not be used.
+/// overlap.) Any address will do, so callers need not bounds-check what may not be used;
+/// but they must form it with wrapping arithmetic (`wrapping_add`): an out-of-bounds
+/// `add` or index is undefined behaviour even if nothing is read through it.
 #[inline]
 pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
