@@ -44,11 +44,13 @@ impl PolicyCounters {
     /// Records a packet leaving at TSC time `at` (now, or its shaped departure).
     #[inline]
     pub fn sent(&self, at: u64) {
-        if self.first_tx.get() == 0 {
-            self.first_tx.set(at);
-        }
+        // TSC times are never 0, so the first packet moves `last_tx` too: `first_tx` need
+        // only be looked at when `last_tx` moves (once a burst, not once a packet).
         if at > self.last_tx.get() {
             self.last_tx.set(at);
+            if self.first_tx.get() == 0 {
+                self.first_tx.set(at);
+            }
         }
     }
 }
