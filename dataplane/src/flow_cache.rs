@@ -48,6 +48,10 @@ pub struct FlowEntry {
     pub generation: u32,
     /// Where its shaper instance was last found (saves the shaper table a lookup).
     pub shaper_hint: ShaperHint,
+    /// The [`PolicyStats::id`](crate::policy_set::PolicyStats::id) of the policy whose
+    /// `flows` counter counted this flow, or [`FlowEntry::NO_POLICY`]: a reload that
+    /// classifies the flow to the same policy again does not count it twice.
+    pub counted: u32,
 }
 
 impl FlowEntry {
@@ -109,7 +113,7 @@ const REFERENCED: u8 = 2;
 /// The flow saw a TCP FIN or RST: it expires after the short timeout.
 const CLOSING: u8 = 4;
 
-/// One flow, in one cache line: the key (40 bytes), its entry (12), when it was last seen
+/// One flow, in one cache line: the key (40 bytes), its entry (16), when it was last seen
 /// (in [`FlowCache::tick_shift`] units) and its state bits.
 #[derive(Debug, Clone)]
 #[repr(C, align(64))]
@@ -419,6 +423,7 @@ impl FlowCache {
                 policy: FlowEntry::NO_POLICY,
                 generation: FlowEntry::UNCLASSIFIED,
                 shaper_hint: ShaperHint::NONE,
+                counted: FlowEntry::NO_POLICY,
             },
             last_seen: 0,
             state: OCCUPIED,

@@ -391,7 +391,8 @@ impl Act<'_> {
         if let Some(pcp) = actions.pcp {
             wire::set_pcp(frame, info, pcp);
         }
-        if actions.dscp.is_some() || actions.pcp.is_some() {
+        // Marked: its DSCP set, or the PCP of a tag it has (none is ever added).
+        if actions.dscp.is_some() || (actions.pcp.is_some() && info.outer_tag_offset.is_some()) {
             counters.marked.inc();
         }
         counters.sent(at);
@@ -459,15 +460,23 @@ fn flow_entry<'a>(
 }
 
 /// Classifies a new flow, or one last classified under another policy generation (kept
-/// out of the per-packet path: it runs once per flow and reload).
+/// out of the per-packet path: it runs once per flow and reload). A flow counts for its
+/// policy's `flows` when it comes to that policy, not each time a reload confirms it.
 #[cold]
 #[inline(never)]
 fn reclassify(entry: &mut FlowEntry, set: &PolicySet, key: &FlowKey, worker: usize) {
     entry.policy = first_packet(set, key);
     entry.generation = generation_tag(set.generation);
-    if entry.policy != FlowEntry::NO_POLICY {
-        set.actions(entry.policy).counters(worker).flows.inc();
-    }
+    let counted = if entry.policy == FlowEntry::NO_POLICY {
+        FlowEntry::NO_POLICY
+    } else {
+        let actions = set.actions(entry.policy);
+        if actions.stats.id != entry.counted {
+            actions.counters(worker).flows.inc();
+        }
+        actions.stats.id
+    };
+    entry.counted = counted;
 }
 
 /// The inside host of a flow (its source when outbound, its destination when inbound),
@@ -595,5 +604,73 @@ mod tests {
             p.process(&mut again, Side::Inside, now),
             Verdict::At(now + 770 * HZ / 1_000)
         );
+    }
+    /// A PCP-only policy marks tagged frames; an untagged one passes unchanged and is not
+    /// counted as marked.
+    #[test]
+    fn a_pcp_only_policy_counts_only_frames_it_changed_as_marked() {
+        let pubr = publisher(r#"{"policies":[{"name":"p","dst_port":53,"priority_8021p":5}]}"#);
+        let counters = Arc::new(WorkerCounters::default());
+        let config = PipelineConfig::defaults(HZ);
+        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let udp = |vlans: &[u16]| {
+            Packet::new(
+                IpAddr::from([10, 0, 0, 1]),
+                IpAddr::from([192, 0, 2, 1]),
+                L4::Udp { src: 5000, dst: 53 },
+            )
+            .vlans(vlans)
+            .build()
+        };
+        let (mut untagged, mut tagged) = (udp(&[]), udp(&[7]));
+        let before = untagged.clone();
+        assert_eq!(p.process(&mut untagged, Side::Inside, HZ), Verdict::Forward);
+        assert_eq!(untagged, before);
+        assert_eq!(p.process(&mut tagged, Side::Inside, HZ), Verdict::Forward);
+        assert_eq!(tagged[14] >> 5, 5, "the tag's PCP");
+        let t = pubr.all_stats()[0].totals();
+        assert_eq!((t.packets, t.marked), (2, 1));
+    }
+
+    /// `qosgw_policy_flows_total` counts flows classified to a policy: a reload that
+    /// classifies a cached flow to the same policy again does not count it again; one
+    /// that moves it to another policy counts it there.
+    #[test]
+    fn a_reload_counts_a_flow_only_when_its_policy_changes() {
+        let a = r#"{"name":"a","dst_prefix":"192.0.2.0/24","dscp":8}"#;
+        let b = r#"{"name":"b","dst_port":53,"dscp":16}"#;
+        let pubr = publisher(&format!(r#"{{"policies":[{a},{b}]}}"#));
+        let counters = Arc::new(WorkerCounters::default());
+        let config = PipelineConfig::defaults(HZ);
+        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let flows = |name: &str| {
+            let stats = pubr.all_stats();
+            stats
+                .iter()
+                .find(|s| s.name == name)
+                .map_or(0, |s| s.totals().flows)
+        };
+        let send = |p: &mut Pipeline, expect: u8| {
+            for client in 1..=2 {
+                let mut f = frame(client);
+                assert_eq!(p.process(&mut f, Side::Inside, HZ), Verdict::Forward);
+                assert_eq!(dscp(&f), expect);
+            }
+        };
+        send(&mut p, 8);
+        assert_eq!((flows("a"), flows("b")), (2, 0));
+        // The same policies again, in another order: same winner, nothing new to count.
+        pubr.publish(table(&format!(r#"{{"policies":[{b},{a}]}}"#)))
+            .expect("publishable");
+        p.housekeeping(HZ);
+        send(&mut p, 8);
+        assert_eq!((flows("a"), flows("b")), (2, 0));
+        // "a" gone: the two flows come to "b" and count there once.
+        pubr.publish(table(&format!(r#"{{"policies":[{b}]}}"#)))
+            .expect("publishable");
+        p.housekeeping(HZ);
+        send(&mut p, 16);
+        send(&mut p, 16);
+        assert_eq!((flows("a"), flows("b")), (2, 2));
     }
 }

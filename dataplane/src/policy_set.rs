@@ -70,15 +70,19 @@ pub struct PolicyTotals {
 #[derive(Debug)]
 pub struct PolicyStats {
     pub name: String,
+    /// Unique among the names ever published (registration order), never
+    /// [`FlowEntry::NO_POLICY`](crate::flow_cache::FlowEntry::NO_POLICY).
+    pub id: u32,
     /// Shared with every published [`Actions`] of the policy, which reaches a worker's
     /// counters through it in one step.
     per_worker: Arc<[PolicyCounters]>,
 }
 
 impl PolicyStats {
-    fn new(name: &str, workers: usize) -> PolicyStats {
+    fn new(name: &str, id: u32, workers: usize) -> PolicyStats {
         PolicyStats {
             name: name.to_owned(),
+            id,
             per_worker: (0..workers).map(|_| PolicyCounters::default()).collect(),
         }
     }
@@ -269,9 +273,10 @@ impl Publisher {
                 }
                 None => None,
             };
+            let id = registry.len() as u32;
             let stats = registry
                 .entry(p.name.clone())
-                .or_insert_with(|| Arc::new(PolicyStats::new(&p.name, self.workers)))
+                .or_insert_with(|| Arc::new(PolicyStats::new(&p.name, id, self.workers)))
                 .clone();
             actions.push(Actions {
                 dscp: p.dscp,
