@@ -70,6 +70,21 @@ mod tests {
             "{lines:?}"
         );
 
+        let latin1 = dir.join("latin1.json");
+        std::fs::write(
+            &latin1,
+            b"{\"policies\": [\n  {\"name\": \"caf\xe9\", \"dscp\": 1}]}",
+        )
+        .unwrap();
+        let (code, lines) = check(&latin1);
+        assert_eq!(code, 1);
+        assert!(
+            lines[0].ends_with(
+                "latin1.json:2:16: byte 0xe9 is not UTF-8; the policy file is JSON text in UTF-8"
+            ),
+            "{lines:?}"
+        );
+
         let (code, lines) = check(&dir.join("missing.json"));
         assert_eq!(code, 1);
         assert!(lines[0].contains("missing.json: cannot read the policy file"));

@@ -123,14 +123,8 @@ impl Default for GatewayConfig {
 /// read is one diagnostic (`FILE: cannot read ...`).
 pub fn load_gateway_config(path: &Path) -> Result<GatewayConfig, Vec<Diagnostic>> {
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_gateway_config(&name, &text),
-        Err(e) => Err(vec![Diagnostic::error(
-            &name,
-            Pos::default(),
-            format!("cannot read the gateway configuration file: {e}"),
-        )]),
-    }
+    let text = crate::read_text(&name, path, "gateway configuration file").map_err(|e| vec![e])?;
+    parse_gateway_config(&name, &text)
 }
 
 /// Parses and validates a gateway configuration's text. `file_name` is used

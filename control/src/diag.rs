@@ -48,16 +48,30 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(f, &self.file)?;
         if self.pos.line == 0 {
-            write!(f, "{}: ", self.file)?;
+            f.write_str(": ")?;
         } else {
-            write!(f, "{}:{}:{}: ", self.file, self.pos.line, self.pos.column)?;
+            write!(f, ":{}:{}: ", self.pos.line, self.pos.column)?;
         }
         if self.severity == Severity::Warning {
             f.write_str("warning: ")?;
         }
-        f.write_str(&self.message)
+        write_escaped(f, &self.message)
     }
+}
+
+/// Writes `s` with its control characters escaped (`\n`, `\u{1b}`): a diagnostic stays
+/// one line, and a terminal shows it as written, whatever a key in the file holds.
+fn write_escaped(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+    for c in s.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
+        } else {
+            fmt::Write::write_char(f, c)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -76,5 +90,10 @@ mod tests {
         assert_eq!(w.to_string(), "p.json:3:14: warning: x");
         let io = Diagnostic::error("p.json", Pos::default(), "cannot read");
         assert_eq!(io.to_string(), "p.json: cannot read");
+        let odd = Diagnostic::error("p.json", pos, "policy \"a\": x\ny\u{1b}[31m: unknown field");
+        assert_eq!(
+            odd.to_string(),
+            "p.json:3:14: policy \"a\": x\\ny\\u{1b}[31m: unknown field"
+        );
     }
 }

@@ -179,9 +179,13 @@ pub fn parse_key(
     vlan: Option<u16>,
     direction: Option<&str>,
 ) -> Result<MatchKey, String> {
-    let protocol = parse_protocol_str(proto)
-        .map_err(|e| format!("--proto: {e}"))?
-        .ok_or("--proto: give the packet's protocol (tcp, udp, a number...), not any")?;
+    // A packet has one protocol: `any` is a policy's wildcard, not an answer here.
+    let protocol = parse_protocol_str(proto).ok().flatten().ok_or_else(|| {
+        format!(
+            "--proto: {proto:?} is not a packet's protocol; give tcp, udp, icmp, icmpv6, esp, \
+             ah, gre, sctp or a number from 0 to 255"
+        )
+    })?;
     let (src, sp) = parse_endpoint(src).map_err(|e| format!("--src: {e}"))?;
     let (dst, dp) = parse_endpoint(dst).map_err(|e| format!("--dst: {e}"))?;
     if src.is_ipv4() != dst.is_ipv4() {

@@ -44,18 +44,8 @@
 //! gets port 0 (no port condition matches it); with neither side given, the
 //! ports count as unknown (as for a non-first fragment).
 //!
-//! # Choices the SPEC leaves open
-//!
-//! * Throttle strings may have a fraction and a space (`"1.5Gbps"`,
-//!   `"2.5 MBps"`); `k`/`M`/`G` are decimal in either case; the result must
-//!   be a whole number of bit/s from 8000 to 400 Gbps.
-//! * `burst` is an integer number of bytes from 1514 (one full frame) to
-//!   10^9.
-//! * Ports may be written as numbers or strings (`443`, `"443"`,
-//!   `"5000-5100"`); protocol names are case-insensitive; `both` is `any`
-//!   (SPEC §2).
-//! * Columns count characters, not bytes; a tab is one column.
-//! * An empty `policies` array is valid.
+//! The choices SPEC.md leaves open (throttle strings, ports, positions,
+//! warnings) are listed in `docs/DECISIONS.md`.
 
 pub mod check;
 pub mod config;
@@ -103,12 +93,33 @@ pub fn parse_policies(file_name: &str, text: &str) -> LoadResult {
 /// is one diagnostic.
 pub fn load_policy_file(path: &Path) -> LoadResult {
     let name = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_policies(&name, &text),
-        Err(e) => Err(vec![Diagnostic::error(
-            &name,
-            Pos::default(),
-            format!("cannot read the policy file: {e}"),
-        )]),
-    }
+    let text = read_text(&name, path, "policy file").map_err(|e| vec![e])?;
+    parse_policies(&name, &text)
+}
+
+/// A JSON file's text (`what` it is, for the message). A file that cannot be read is a
+/// diagnostic about the whole file (`FILE: cannot read ...`); one that is not UTF-8, a
+/// diagnostic at its first byte that is not.
+pub(crate) fn read_text(name: &str, path: &Path, what: &str) -> Result<String, Diagnostic> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Diagnostic::error(name, Pos::default(), format!("cannot read the {what}: {e}"))
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let valid = e.utf8_error().valid_up_to();
+        let text = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let line_start = text.rfind('\n').map_or(0, |i| i + 1);
+        let pos = Pos {
+            line: text.matches('\n').count() as u32 + 1,
+            column: text[line_start..].chars().count() as u32 + 1,
+        };
+        Diagnostic::error(
+            name,
+            pos,
+            format!(
+                "byte 0x{:02x} is not UTF-8; the {what} is JSON text in UTF-8",
+                bytes[valid]
+            ),
+        )
+    })
 }

@@ -15,6 +15,7 @@ use crate::table::PolicyTable;
 pub fn warnings(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
     let mut out = conflicts(file, table);
     out.extend(shadowed(file, table));
+    out.extend(table.policies().iter().filter_map(|p| misleading(file, p)));
     out.sort_by_key(|d| d.pos);
     out
 }
@@ -63,6 +64,52 @@ fn conflicts(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
         }
     }
     out
+}
+
+/// A policy that is valid but cannot mean what it seems to: one whose ICMP version is not
+/// its addresses' IP version (it never matches), one with an IPv4-mapped IPv6 prefix (IPv4
+/// packets carry IPv4 addresses, so it matches none of them), or a policy named `none`, which `policy explain`'s first line
+/// cannot tell from no winner.
+fn misleading(file: &str, p: &Policy) -> Option<Diagnostic> {
+    let prefixes = || p.src_prefix.iter().chain(&p.dst_prefix);
+    let why = if p.name == "none" {
+        "`qosgw policy explain` prints `winner: none` both when this policy wins and when none matches; give it another name".to_owned()
+    } else if let Some(m) = prefixes().find(|x| match x.addr() {
+        std::net::IpAddr::V6(a) => a.to_ipv4_mapped().is_some() && x.prefix_len() >= 96,
+        _ => false,
+    }) {
+        format!(
+            "matches no IPv4 traffic: {m} is an IPv4-mapped IPv6 prefix (IPv4 packets match IPv4 prefixes: {})",
+            ipv4_of(m)
+        )
+    } else {
+        let (icmp, v4) = match p.protocol {
+            Some(1) => ("icmp", true),
+            Some(58) => ("icmpv6", false),
+            _ => return None,
+        };
+        let other = prefixes().find(|x| x.is_ipv4() != v4)?;
+        format!(
+            "never matches: protocol {icmp} does not occur in {} traffic such as {other}",
+            if v4 { "IPv6" } else { "IPv4" }
+        )
+    };
+    Some(Diagnostic::warning(
+        file,
+        p.location,
+        format!("policy \"{}\": {why}", p.name),
+    ))
+}
+
+/// The IPv4 prefix an IPv4-mapped IPv6 prefix (length ≥ 96) stands for.
+fn ipv4_of(p: &Prefix) -> String {
+    match p.addr() {
+        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => format!("{v4}/{}", p.prefix_len() - 96),
+            None => p.to_string(),
+        },
+        std::net::IpAddr::V4(_) => p.to_string(),
+    }
 }
 
 /// Whether policies with equal prefixes, protocol and VLAN share a packet.
@@ -177,6 +224,29 @@ mod tests {
     use crate::policy::{Direction, Policy, PolicyDirection};
     use crate::table::PolicyTable;
     use crate::testgen::{aim_at, random_key, random_policy, Rng};
+
+    #[test]
+    fn misleading_policies_are_warned_about() {
+        let text = r#"{"policies":[
+            {"name":"none","dst_port":53,"dscp":1},
+            {"name":"ping6","protocol":"icmp","dst_prefix":"2001:db8::/32","dscp":2},
+            {"name":"ping4","protocol":"icmpv6","src_prefix":"10.0.0.0/8","dscp":3},
+            {"name":"mapped","dst_prefix":"::ffff:10.0.0.0/104","dscp":4},
+            {"name":"fine","protocol":"icmpv6","dst_prefix":"2001:db8::/32","dscp":5}
+        ]}"#;
+        let (_, warnings) = parse_policies("p.json", text).expect("valid");
+        let lines: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+        let expect = [
+            "p.json:2:13: warning: policy \"none\": `qosgw policy explain` prints `winner: none` both",
+            "p.json:3:13: warning: policy \"ping6\": never matches: protocol icmp does not occur in IPv6 traffic such as 2001:db8::/32",
+            "p.json:4:13: warning: policy \"ping4\": never matches: protocol icmpv6 does not occur in IPv4 traffic such as 10.0.0.0/8",
+            "p.json:5:13: warning: policy \"mapped\": matches no IPv4 traffic: ::ffff:10.0.0.0/104 is an IPv4-mapped IPv6 prefix (IPv4 packets match IPv4 prefixes: 10.0.0.0/8)",
+        ];
+        assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+        for (line, want) in lines.iter().zip(expect) {
+            assert!(line.starts_with(want), "{line}\nwanted {want}");
+        }
+    }
 
     #[test]
     fn property_never_wins_warnings_are_true() {
