@@ -328,9 +328,9 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         .iter()
         .map(|p| p.totals())
         .fold((0, 0), |(d, x), t| (d + t.delayed, x + t.dropped));
-    if args.json {
-        println!(
-            "{}",
+    let text = if args.json {
+        format!(
+            "{}\n",
             json!({
                 "mpps": mpps, "mean_mpps": mean_mpps, "mpps_per_worker": per_worker,
                 "ns_per_packet": ns_per_packet,
@@ -340,11 +340,11 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
                 "throttled_share": args.throttled_share, "delayed_packets": delayed,
                 "shaper_dropped_packets": dropped,
             })
-        );
+        )
     } else {
-        println!(
+        format!(
             "{} flows, {} policies, {} worker(s), {:.1} s: {:.2} Mpps steady ({:.2} mean: {}), \
-             {:.1} ns/packet, flow-cache hit ratio {:.4}, {} flows seen, {} packets unmatched",
+             {:.1} ns/packet, flow-cache hit ratio {:.4}, {} flows seen, {} packets unmatched\n",
             args.flows,
             args.policies,
             args.workers,
@@ -360,9 +360,9 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
             hit_ratio,
             flows_seen,
             unmatched
-        );
-    }
-    Ok(())
+        )
+    };
+    crate::out::print(&text)
 }
 
 /// The sampling period: testpmd's `--stats-period=1` in scripts/bench.

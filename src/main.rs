@@ -1,5 +1,8 @@
 //! `qosgw`: the command line (SPEC §4).
 
+#[macro_use]
+mod out;
+
 mod bench;
 mod control_thread;
 mod policy_cmd;
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
             e.exit()
         }
         Err(e) => {
-            eprintln!("qosgw: {}", one_line(&e.to_string()));
+            errln!("qosgw: {}", one_line(&e.to_string()));
             return ExitCode::from(2);
         }
     };
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
-            eprintln!("qosgw: error: {msg}");
+            errln!("qosgw: error: {msg}");
             ExitCode::FAILURE
         }
     }
@@ -74,7 +77,7 @@ fn load_policies(path: &Path) -> Result<control::PolicyTable, String> {
     match control::load_policy_file(path) {
         Ok((table, warnings)) => {
             for w in warnings {
-                eprintln!("qosgw: warning: {w}");
+                errln!("qosgw: warning: {w}");
             }
             Ok(table)
         }

@@ -42,12 +42,14 @@ pub fn run(cmd: &PolicyCommand) -> ExitCode {
     match cmd {
         PolicyCommand::Check { file } => {
             let (code, lines) = control::check(file);
-            for line in lines {
-                if code == 0 {
-                    println!("{line}");
-                } else {
-                    eprintln!("{line}");
+            if code == 0 {
+                let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+                if let Err(e) = crate::out::print(&text) {
+                    errln!("qosgw: error: {e}");
+                    return ExitCode::FAILURE;
                 }
+            } else {
+                lines.iter().for_each(|l| errln!("{l}"));
             }
             ExitCode::from(code as u8)
         }
@@ -60,15 +62,20 @@ pub fn run(cmd: &PolicyCommand) -> ExitCode {
                 a.vlan,
                 a.direction.as_deref(),
             ) {
-                Ok(text) => {
-                    print!("{text}");
+                Ok(mut text) => {
                     if !text.ends_with('\n') {
-                        println!();
+                        text.push('\n');
                     }
-                    ExitCode::SUCCESS
+                    match crate::out::print(&text) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            errln!("qosgw: error: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(e) => {
-                    eprintln!("{e}");
+                    errln!("{e}");
                     ExitCode::FAILURE
                 }
             }

@@ -102,7 +102,10 @@ pub fn serve(
 ) {
     if let Err(e) = listener.set_nonblocking(true) {
         // Without a non-blocking listener the stop flag would not be seen.
-        eprintln!("qosgw: http: cannot make the listener non-blocking: {e}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "qosgw: http: cannot make the listener non-blocking: {e}"
+        );
         return;
     }
     while !stop.load(Ordering::Relaxed) {
