@@ -1,10 +1,9 @@
 //! `qosgw replay`: a capture in, the gateway's output capture out, and a summary.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use dataplane::counters::{sum, WorkerCounters};
@@ -32,9 +31,10 @@ pub struct ReplayArgs {
     /// Worker cores.
     #[arg(long, default_value_t = 1, value_name = "N")]
     workers: usize,
-    /// Drop a throttled packet whose departure would be more than MS in the future
-    /// (default: never; the whole input is at hand).
-    #[arg(long, value_name = "MS")]
+    /// Drop a throttled packet whose departure would be more than MS (1 to 60000) in the
+    /// future (default: never; the whole input is at hand).
+    #[arg(long, value_name = "MS", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u64).range(1..=control::config::MAX_MAX_DELAY_MS))]
     max_delay_ms: Option<u64>,
     /// Flows each worker's flow cache holds before it evicts (default 1048576).
     #[arg(long, value_name = "N")]
@@ -45,12 +45,15 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: &ReplayArgs) -> Result<(), String> {
-    let input = check_input(&args.input)?;
-    check_output(&args.output)?;
-    let table = crate::load_policies(&args.policies)?;
-    if args.workers == 0 {
-        return Err("--workers must be at least 1".into());
+    // Everything that can be refused is, before the output is touched.
+    if !(1..=MAX_WORKERS).contains(&args.workers) {
+        return Err(format!(
+            "--workers must be from 1 to {MAX_WORKERS} (net_pcap's queues per port)"
+        ));
     }
+    let table = crate::load_policies(&args.policies)?;
+    let input = check_input(&args.input)?;
+    check_output(&args.input, &args.output)?;
     let pool = ReplayPool::for_capture(&input);
     let files = WorkerFiles::new(args, input)?;
 
@@ -88,17 +91,94 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
             flag: flag.clone(),
         })
         .collect();
+    let watchdog = StallWatch::start(
+        gateway.counters().to_vec(),
+        files.frames.iter().sum(),
+        flag,
+        STALL_LIMIT,
+    );
     let report = gateway.run(stops).map_err(|e| e.to_string())?;
+    watchdog.finish()?;
     let elapsed = started.elapsed().as_secs_f64();
-    files.merge_outputs(&args.output)?;
+    files.write_output(&args.output)?;
 
     let summary = Summary::new(&report, &publisher, eal.tsc_hz(), elapsed);
     if args.json {
-        println!("{}", summary.json());
+        crate::out::print(&format!("{}\n", summary.json()))
     } else {
-        print!("{}", summary.table(&args.input, &args.output));
+        crate::out::print(&summary.table(&args.input, &args.output))
     }
-    Ok(())
+}
+
+/// net_pcap's queues per port: replay's workers at most.
+const MAX_WORKERS: usize = 16;
+
+/// The longest record libpcap (which DPDK reads captures with) accepts.
+const LIBPCAP_MAX_RECORD: usize = 262_144;
+
+/// The most of a frame net_pcap writes to a capture (its snap length).
+const NET_PCAP_SNAPLEN: usize = 16_128;
+
+/// How long a replay may see no frame arrive, with nothing held by the shapers, before it
+/// concludes that the capture reader has stopped short of the input.
+const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Watches a replay for a capture reader that stops before the end of the input: the
+/// workers stop once they have received every frame qosgw's own reader counted, and
+/// libpcap may refuse a frame that reader accepted. Rather than wait forever, the replay
+/// stops and says so.
+struct StallWatch {
+    thread: std::thread::JoinHandle<Option<u64>>,
+    done: Arc<AtomicBool>,
+    frames: u64,
+}
+
+impl StallWatch {
+    /// Watches the workers counting into `counters` for `frames` in all; raises `stop` if
+    /// none arrives for `limit` while the shapers hold nothing.
+    fn start(
+        counters: Vec<Arc<WorkerCounters>>,
+        frames: u64,
+        stop: Arc<AtomicBool>,
+        limit: Duration,
+    ) -> StallWatch {
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut seen, mut since) = (0, Instant::now());
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let w = counters.iter().map(|c| &**c);
+                let received = sum(w.clone(), |c| c.rx_packets[0].get() + c.rx_packets[1].get());
+                let held = sum(w, |c| c.shaper_backlog_packets.get());
+                if received != seen || held > 0 || received >= frames {
+                    (seen, since) = (received, Instant::now());
+                } else if since.elapsed() > limit {
+                    stop.store(true, Ordering::Relaxed);
+                    return Some(received);
+                }
+            }
+            None
+        });
+        StallWatch {
+            thread,
+            done,
+            frames,
+        }
+    }
+
+    /// After the run: an error if the watch had to stop it.
+    fn finish(self) -> Result<(), String> {
+        self.done.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(Some(received)) => Err(format!(
+                "DPDK's capture reader (libpcap) delivered {received} of the input's {} frames \
+                 and then no more; `tcpdump -r` on the input shows where it stops",
+                self.frames
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// EAL arguments for replay: no hugepages, no PCI, one lcore per worker (spread over the
@@ -144,58 +224,52 @@ impl ReplayPool {
     }
 }
 
-/// The capture files each worker reads and writes. With one worker these are the user's
-/// files; with several, the input is split by flow hash (every flow on one worker, as RSS
-/// would do) into a scratch directory, and the workers' outputs are merged by transmit time.
+/// The capture files each worker reads and writes, in a scratch directory: with one worker
+/// it reads the user's input; with several, the input is split by flow hash (every flow on
+/// one worker, as RSS would do). The user's output is written from the workers' outputs at
+/// the end, merged by transmit time, so that it is only touched once the replay succeeded,
+/// and every write to it is checked (net_pcap does not report its write errors).
 struct WorkerFiles {
     inputs: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
     frames: Vec<u64>,
-    scratch: Option<PathBuf>,
+    scratch: PathBuf,
 }
 
 impl WorkerFiles {
     fn new(args: &ReplayArgs, input: Capture) -> Result<WorkerFiles, String> {
-        if args.workers == 1 {
-            return Ok(WorkerFiles {
-                inputs: vec![args.input.clone()],
-                outputs: vec![args.output.clone()],
-                frames: vec![input.records.len() as u64],
-                scratch: None,
-            });
-        }
         let dir = std::env::temp_dir().join(format!("qosgw-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let mut files = WorkerFiles {
             inputs: vec![],
-            outputs: vec![],
+            outputs: (0..args.workers)
+                .map(|w| dir.join(format!("out{w}.pcap")))
+                .collect(),
             frames: vec![],
-            scratch: Some(dir.clone()),
+            scratch: dir.clone(),
         };
+        if args.workers == 1 {
+            files.inputs.push(args.input.clone());
+            files.frames.push(input.records.len() as u64);
+            return Ok(files);
+        }
         let mut split: Vec<Vec<Record>> = vec![Vec::new(); args.workers];
         for r in input.records {
             split[worker_for(&r.data, false, args.workers)].push(r);
         }
         for (w, records) in split.iter().enumerate() {
-            let (i, o) = (
-                dir.join(format!("in{w}.pcap")),
-                dir.join(format!("out{w}.pcap")),
-            );
+            let i = dir.join(format!("in{w}.pcap"));
             pcap::write_file(&i, input.nanosecond, records)
                 .map_err(|e| format!("cannot write {}: {e}", i.display()))?;
             files.inputs.push(i);
-            files.outputs.push(o);
             files.frames.push(records.len() as u64);
         }
         Ok(files)
     }
 
-    /// Merges the workers' outputs into `output`, in transmit-time order.
-    fn merge_outputs(&self, output: &Path) -> Result<(), String> {
-        if self.scratch.is_none() {
-            return Ok(());
-        }
+    /// Writes the workers' outputs to `output`, in transmit-time order.
+    fn write_output(&self, output: &Path) -> Result<(), String> {
         let mut all = Vec::new();
         for o in &self.outputs {
             all.extend(
@@ -204,6 +278,7 @@ impl WorkerFiles {
                     .records,
             );
         }
+        // Stable: one worker's frames that left at the same time keep their order.
         all.sort_by_key(|r| r.ts_ns);
         pcap::write_file(output, true, &all)
             .map_err(|e| format!("cannot write output capture {}: {e}", output.display()))
@@ -212,33 +287,76 @@ impl WorkerFiles {
 
 impl Drop for WorkerFiles {
     fn drop(&mut self) {
-        if let Some(dir) = &self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
 
 /// Reads the input capture once before DPDK sees it, so that a missing, foreign or
-/// non-Ethernet file is one clear error.
+/// non-Ethernet file, or one DPDK's reader would stop in, is one clear error.
 fn check_input(path: &Path) -> Result<Capture, String> {
-    let cap =
-        pcap::read_file(path).map_err(|e| format!("cannot replay {}: {e}", path.display()))?;
+    let refuse = |why: String| format!("cannot replay {}: {why}", path.display());
+    let cap = pcap::read_file(path).map_err(|e| refuse(e.to_string()))?;
     if cap.link_type != LINKTYPE_ETHERNET {
-        return Err(format!(
-            "cannot replay {}: its link type is {} but qosgw forwards Ethernet frames (link type 1); \
+        return Err(refuse(format!(
+            "its link type is {} but qosgw forwards Ethernet frames (link type 1); \
              capture on an Ethernet interface (not `any`) or convert it",
-            path.display(),
             cap.link_type
+        )));
+    }
+    if let Some((i, r)) =
+        (cap.records.iter().enumerate()).find(|(_, r)| r.data.len() > LIBPCAP_MAX_RECORD)
+    {
+        return Err(refuse(format!(
+            "record {} holds {} bytes, more than libpcap (DPDK's capture reader) takes \
+             ({LIBPCAP_MAX_RECORD})",
+            i + 1,
+            r.data.len()
+        )));
+    }
+    let cut = cap
+        .records
+        .iter()
+        .filter(|r| r.data.len() > NET_PCAP_SNAPLEN)
+        .count();
+    if cut > 0 {
+        crate::out::warn(&format!(
+            "{}: {cut} frames are longer than {NET_PCAP_SNAPLEN} bytes (captured with \
+             GRO/TSO?); they pass as malformed (oversized), and the output keeps the first \
+             {NET_PCAP_SNAPLEN} bytes of each (net_pcap's snap length)",
+            path.display()
         ));
     }
     Ok(cap)
 }
 
-/// Creates (truncates) the output file now, so an unwritable path fails before DPDK starts.
-fn check_output(path: &Path) -> Result<(), String> {
-    File::create(path)
-        .map(drop)
-        .map_err(|e| format!("cannot write output capture {}: {e}", path.display()))
+/// Fails if the output cannot be written, or is the input, without changing it: it is
+/// written only when the replay has succeeded.
+fn check_output(input: &Path, output: &Path) -> Result<(), String> {
+    if same_file(input, output) {
+        return Err(format!(
+            "--out {} is the input capture; give the output another path",
+            output.display()
+        ));
+    }
+    let existed = output.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(output)
+        .map_err(|e| format!("cannot write output capture {}: {e}", output.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(output);
+    }
+    Ok(())
+}
+
+/// Whether two paths name one file (through links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// A path as a net_pcap device argument: DPDK's key=value,... syntax cannot carry `,`.
@@ -390,5 +508,44 @@ fn human_rate(bps: u64) -> String {
         b if b >= 1_000_000 => format!("{:.2} Mb/s", b as f64 / 1e6),
         b if b >= 1_000 => format!("{:.2} kb/s", b as f64 / 1e3),
         b => format!("{b} b/s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_capture_reader_stops_the_replay_with_an_error() {
+        let counters = Arc::new(WorkerCounters::default());
+        counters.rx_packets[0].add(3);
+        let stop = Arc::new(AtomicBool::new(false));
+        let limit = Duration::from_millis(300);
+        let watch = StallWatch::start(vec![counters.clone()], 10, stop.clone(), limit);
+        let t0 = Instant::now();
+        while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            stop.load(Ordering::Relaxed),
+            "no stop after {:?}",
+            t0.elapsed()
+        );
+        let err = watch.finish().expect_err("a stall is an error");
+        assert!(
+            err.contains("delivered 3 of the input's 10 frames"),
+            "{err}"
+        );
+
+        // Frames still held by the shapers, or all of them received: no stall.
+        let stop = Arc::new(AtomicBool::new(false));
+        counters.shaper_backlog_packets.set(1);
+        let watch = StallWatch::start(vec![counters.clone()], 10, stop.clone(), limit);
+        std::thread::sleep(4 * limit);
+        counters.shaper_backlog_packets.set(0);
+        counters.rx_packets[0].add(7);
+        std::thread::sleep(4 * limit);
+        assert!(!stop.load(Ordering::Relaxed));
+        watch.finish().expect("no stall");
     }
 }

@@ -189,6 +189,70 @@ fn an_unwritable_output_is_one_clear_error() {
     assert_one_line_error(&out, "cannot write output capture");
 }
 
+/// The output is written only once the replay succeeded: a replay refused for any reason
+/// leaves an existing output as it was, and one onto its own input is refused.
+#[test]
+fn a_refused_replay_leaves_the_output_and_the_input_alone() {
+    let dir = Scratch::new("keep-output");
+    let input = dir.path("in.pcap");
+    write_capture(&input, &[vec![0u8; 60]]);
+    let output = dir.path("out.pcap");
+    std::fs::write(&output, "the operator's earlier result\n").unwrap();
+    let bad_policies = dir.path("bad.json");
+    std::fs::write(&bad_policies, r#"{"policies":[{"name":"a","dscp":99}]}"#).unwrap();
+    let input_arg = input.to_str().unwrap();
+    let output_arg = output.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--policies", bad_policies.to_str().unwrap()], "dscp"),
+        (
+            vec!["--policies", "config/policies.json", "--workers", "0"],
+            "--workers",
+        ),
+        (
+            vec!["--policies", "config/policies.json", "--workers", "17"],
+            "--workers",
+        ),
+    ] {
+        let mut all = vec!["replay", "--in", input_arg, "--out", output_arg];
+        all.extend(args);
+        assert_one_line_error(&qosgw(&all), needle);
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            "the operator's earlier result\n"
+        );
+    }
+    let before = std::fs::read(&input).unwrap();
+    let out = replay(&input, &input, &[]);
+    assert_one_line_error(&out, "is the input capture");
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
+/// net_pcap does not report its write errors; qosgw writes the output itself, and checks.
+#[test]
+fn a_full_output_device_is_an_error() {
+    let dir = Scratch::new("full");
+    let input = dir.path("in.pcap");
+    write_capture(&input, &mixed_frames());
+    let out = replay(&input, std::path::Path::new("/dev/full"), &[]);
+    assert_one_line_error(&out, "No space left on device");
+}
+
+/// DPDK's reader (libpcap) stops at a packet of a second link type; qosgw refuses the
+/// capture instead of waiting for frames that never come.
+#[test]
+fn a_pcapng_with_two_link_types_is_one_clear_error() {
+    let dir = Scratch::new("pcapng-mixed");
+    let input = dir.path("mixed.pcapng");
+    let mut b = Vec::new();
+    let mut le = |words: &[u32]| words.iter().for_each(|w| b.extend(w.to_le_bytes()));
+    le(&[0x0a0d_0d0a, 28, 0x1a2b_3c4d, 1, u32::MAX, u32::MAX, 28]); // section header
+    le(&[1, 20, 1, 0, 20]); // interface 0: Ethernet
+    le(&[1, 20, 113, 0, 20]); // interface 1: Linux cooked
+    std::fs::write(&input, b).unwrap();
+    let out = replay(&input, &dir.path("o.pcap"), &[]);
+    assert_one_line_error(&out, "different link types (1 and 113)");
+}
+
 #[test]
 fn several_workers_give_the_same_output_as_one() {
     let dir = Scratch::new("workers");

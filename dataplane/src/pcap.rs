@@ -40,8 +40,12 @@ pub struct Capture {
 pub enum PcapError {
     Io(io::Error),
     NotPcap,
-    Truncated { record: usize },
+    Truncated {
+        record: usize,
+    },
     Corrupt(String),
+    /// A pcapng file whose interfaces have different link types (the first two seen).
+    MixedLinkTypes(u32, u32),
 }
 
 impl fmt::Display for PcapError {
@@ -53,6 +57,11 @@ impl fmt::Display for PcapError {
                 write!(f, "the capture is truncated in record {}", record + 1)
             }
             PcapError::Corrupt(what) => write!(f, "corrupt capture: {what}"),
+            PcapError::MixedLinkTypes(a, b) => write!(
+                f,
+                "its interfaces have different link types ({a} and {b}); \
+                 a capture must have one link type"
+            ),
         }
     }
 }
@@ -122,7 +131,7 @@ pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
     })
 }
 
-/// pcapng: the link type of the first interface, and every packet block's data.
+/// pcapng: the link type of its interfaces (all the same), and every packet block's data.
 fn parse_pcapng(bytes: &[u8]) -> Result<Capture, PcapError> {
     let bom = bytes.get(8..12).ok_or(PcapError::NotPcap)?;
     let rd = match u32::from_le_bytes(bom.try_into().expect("4 bytes")) {
@@ -148,9 +157,17 @@ fn parse_pcapng(bytes: &[u8]) -> Result<Capture, PcapError> {
             .get(at..at + len)
             .ok_or(PcapError::Truncated { record })?;
         match kind {
-            // Interface description block: link type in its first two bytes.
-            1 if link_type.is_none() && len >= 20 => {
-                link_type = Some(u32::from(rd.u16(&block[8..10])));
+            // Interface description block: link type in its first two bytes. One for
+            // all interfaces: DPDK's reader (libpcap) stops at a packet of another.
+            1 if len >= 20 => {
+                let this = u32::from(rd.u16(&block[8..10]));
+                match link_type {
+                    None => link_type = Some(this),
+                    Some(first) if first != this => {
+                        return Err(PcapError::MixedLinkTypes(first, this))
+                    }
+                    Some(_) => {}
+                }
             }
             // Enhanced packet block: interface, timestamp (µs by default), lengths, data.
             6 if len >= 32 => {
@@ -301,6 +318,16 @@ mod tests {
         let cap = parse(&b).unwrap();
         assert_eq!(cap.link_type, 113);
         assert_eq!(cap.records, vec![rec(5000, &0xdead_beefu32.to_le_bytes())]);
+        // A second interface of the same link type is fine; of another, an error.
+        let mut same = b.clone();
+        for v in [1, 20, 113, 0, 20] {
+            le(&mut same, v);
+        }
+        assert_eq!(parse(&same).unwrap().link_type, 113);
+        for v in [1, 20, 1, 0, 20] {
+            le(&mut b, v);
+        }
+        assert!(matches!(parse(&b), Err(PcapError::MixedLinkTypes(113, 1))));
     }
 
     #[test]
