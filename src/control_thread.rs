@@ -25,6 +25,8 @@ pub struct ControlContext {
     pub workers: Vec<Arc<WorkerCounters>>,
     pub ports: [Arc<Port>; 2],
     pub policies_path: PathBuf,
+    /// The policy file's watch, started before the file was first read.
+    pub watch: FileWatch,
     pub listener: TcpListener,
     /// Where this thread and the HTTP thread run: off the workers' CPUs when there are
     /// CPUs left ([`dataplane::dpdk::Eal::control_cpus`]).
@@ -52,13 +54,13 @@ pub fn run(ctx: ControlContext) {
     // it: 9 400 times a second during a TCP transfer through taps, 150 once moved.
     if let Some(cpus) = ctx.cpus {
         if let Err(e) = cpus.pin_current_thread() {
-            eprintln!("qosgw: warning: cannot move the control thread to CPUs {cpus}: {e}");
+            errln!("qosgw: warning: cannot move the control thread to CPUs {cpus}: {e}");
         }
     }
     let listener = match ctx.listener.try_clone() {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("qosgw: metrics listener unusable: {e}; stopping");
+            errln!("qosgw: metrics listener unusable: {e}; stopping");
             ctx.stop.store(true, Ordering::SeqCst);
             return;
         }
@@ -76,11 +78,11 @@ pub fn run(ctx: ControlContext) {
             .name("qosgw-http".into())
             .spawn(move || http::serve(listener, &c.ctx.stop, &mut |req| c.handle(req)))
     };
-    let mut watch = FileWatch::new(&c.ctx.policies_path);
+    let mut watch = c.ctx.watch.clone();
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         if signals::stop_requested() {
-            eprintln!("qosgw: stopping (signal)");
+            errln!("qosgw: stopping (signal)");
             c.ctx.stop.store(true, Ordering::SeqCst);
             break;
         }
@@ -102,32 +104,37 @@ impl Controller {
     fn reload(&self, why: &str) -> Result<u64, String> {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let path = &self.ctx.policies_path;
+        // The file's errors are logged one a line as they are found; the summary line then
+        // only says what became of the reload. The caller gets the first error either way.
         let result = match control::load_policy_file(path) {
             Ok((table, warnings)) => {
-                warnings
-                    .iter()
-                    .for_each(|w| eprintln!("qosgw: warning: {w}"));
+                warnings.iter().for_each(|w| errln!("qosgw: warning: {w}"));
                 let n = table.len();
-                self.ctx.publisher.publish(table).map(|g| (g, n))
+                match self.ctx.publisher.publish(table) {
+                    Ok(generation) => Ok((generation, n)),
+                    Err(e) => Err((e.clone(), e)),
+                }
             }
             Err(errors) => {
-                errors.iter().for_each(|e| eprintln!("qosgw: {e}"));
-                Err(crate::first_error(&errors, path))
+                errors.iter().for_each(|e| errln!("qosgw: {e}"));
+                let n = errors.len();
+                let summary = format!("{n} error{} above", if n == 1 { "" } else { "s" });
+                Err((crate::first_error(&errors, path), summary))
             }
         };
         match result {
             Ok((generation, n)) => {
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
+                errln!(
                     "qosgw: reloaded {} ({why}): {n} policies, generation {generation}",
                     path.display()
                 );
                 Ok(generation)
             }
-            Err(e) => {
+            Err((e, logged)) => {
                 self.reloads_error.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "qosgw: reload ({why}) failed, keeping generation {}: {e}",
+                errln!(
+                    "qosgw: reload ({why}) failed, keeping generation {}: {logged}",
                     self.ctx.publisher.generation()
                 );
                 Err(e)

@@ -30,6 +30,8 @@ pub struct RunArgs {
 pub fn run(args: &RunArgs) -> Result<(), String> {
     let cfg = load_gateway_config(&args.config)
         .map_err(|errors| crate::first_error(&errors, &args.config))?;
+    // Watched from before it is read: a change while the gateway starts is a change.
+    let watch = control::watch::FileWatch::new(&cfg.policies);
     let table = crate::load_policies(&cfg.policies)?;
     // Bind before DPDK starts: a port in use is a clear error, not a half-started gateway.
     let listener = control::http::bind(cfg.metrics_listen).map_err(|e| {
@@ -53,7 +55,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
 
-    let result = start(args, &cfg, table, listener, to_control);
+    let result = start(args, &cfg, table, watch, listener, to_control);
     let _ = control.join();
     result
 }
@@ -62,6 +64,7 @@ fn start(
     args: &RunArgs,
     cfg: &FileConfig,
     table: control::PolicyTable,
+    watch: control::watch::FileWatch,
     listener: std::net::TcpListener,
     to_control: mpsc::Sender<ControlContext>,
 ) -> Result<(), String> {
@@ -99,6 +102,7 @@ fn start(
         workers: gateway.counters().to_vec(),
         ports: gateway.ports().clone(),
         policies_path: cfg.policies.clone(),
+        watch,
         listener,
         cpus: eal.control_cpus(),
         stop: stop.clone(),
@@ -106,7 +110,7 @@ fn start(
     to_control
         .send(ctx)
         .map_err(|_| "the control thread ended early".to_owned())?;
-    eprintln!(
+    errln!(
         "qosgw: forwarding between {} (inside) and {} (outside) with {} worker(s), {} policies (generation {}); metrics on http://{}/metrics",
         cfg.inside,
         cfg.outside,
@@ -124,7 +128,7 @@ fn start(
         .iter()
         .map(|w| w.shaper_stop_dropped.get())
         .sum();
-    eprintln!(
+    errln!(
         "qosgw: stopped; {} frames in, {} out, {held} shaped frames still held were dropped",
         report.ports[0].rx_packets + report.ports[1].rx_packets,
         report.ports[0].tx_packets + report.ports[1].tx_packets,

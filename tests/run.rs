@@ -45,6 +45,18 @@ impl Gateway {
         listen: SocketAddr,
         settings: Value,
     ) -> Gateway {
+        let config = Gateway::write_config(dir, vdevs, policies, listen, settings);
+        Gateway::start_with(&config, listen, dir.path("qosgw.log"))
+    }
+
+    /// Writes the configuration [`Gateway::start_with_settings`] runs; returns its path.
+    fn write_config(
+        dir: &Scratch,
+        vdevs: &[String],
+        policies: &Path,
+        listen: SocketAddr,
+        settings: Value,
+    ) -> PathBuf {
         let mut eal: Vec<String> = [
             "--no-huge",
             "-m",
@@ -79,28 +91,39 @@ impl Gateway {
         }
         let path = dir.path("qosgw.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-        Gateway::start_with(&path, listen, dir.path("qosgw.log"))
+        path
     }
 
     fn start_with(config: &Path, listen: SocketAddr, log: PathBuf) -> Gateway {
+        let mut gw = Gateway::spawn(config, listen, log);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts `qosgw run` without waiting for it.
+    fn spawn(config: &Path, listen: SocketAddr, log: PathBuf) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qosgw"));
         cmd.arg("run").arg("--config").arg(config);
-        let mut gw = Gateway {
+        Gateway {
             proc: ChildGuard::spawn(cmd, log),
             addr: listen,
-        };
+        }
+    }
+
+    /// Returns once `/healthz` answers 200 (panics after 20 s or if qosgw exits).
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(st) = gw.proc.try_wait() {
-                panic!("qosgw run exited early ({st}):\n{}", gw.proc.output());
+            if let Some(st) = self.proc.try_wait() {
+                panic!("qosgw run exited early ({st}):\n{}", self.proc.output());
             }
-            if let Ok((200, _)) = http(listen, "GET", "/healthz") {
-                return gw;
+            if let Ok((200, _)) = http(self.addr, "GET", "/healthz") {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "qosgw run did not answer /healthz within 20 s:\n{}",
-                gw.proc.output()
+                self.proc.output()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -598,6 +621,39 @@ fn replace_file(path: &Path, text: &str) {
 
 fn one_policy(name: &str, port: u16, dscp: u8) -> Value {
     json!([{ "name": name, "protocol": "udp", "dst_port": port, "dscp": dscp }])
+}
+
+/// The policy file is watched from before it is first read: a change while the gateway
+/// starts (EAL, ports: a fraction of a second after the file was loaded) is picked up.
+#[test]
+fn a_policy_change_while_starting_is_picked_up() {
+    let dir = Scratch::new("run-early-change");
+    let (input, output, policies) = (
+        dir.path("in.pcap"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    write_capture(&input, &[]);
+    std::fs::write(&policies, padded(one_policy("alpha", 1000, 10))).unwrap();
+    let listen = free_loopback();
+    let vdevs = [vdev_rx_pcap(&input), vdev_tx_pcap(&output)];
+    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
+    let mut gw = Gateway::spawn(&config, listen, dir.path("qosgw.log"));
+    // The gateway reads the file within milliseconds and takes tenths of a second more to
+    // start the EAL and the ports: the change lands in that window.
+    std::thread::sleep(Duration::from_millis(60));
+    replace_file(&policies, &padded(one_policy("beta", 2000, 20)));
+    gw.wait_ready();
+    let names = poll_until(Duration::from_secs(3), || {
+        let (_, names) = gw.policies();
+        (names == ["beta"]).then_some(names)
+    });
+    assert!(
+        names.is_some(),
+        "policies in force: {:?}\n{}",
+        gw.policies(),
+        gw.proc.output()
+    );
 }
 
 #[test]
