@@ -115,7 +115,9 @@ fn actions(p: &Policy) -> String {
 pub fn explain_key(table: &PolicyTable, key: &MatchKey) -> String {
     let matching = table.matching(key);
     let Some(&winner) = matching.first() else {
-        return "winner: none\n".into();
+        // The second line tells this from a winning policy named `none` (whose second
+        // line is its actions).
+        return "winner: none\n  no policy matches this flow\n".into();
     };
     debug_assert_eq!(table.classify(key), Some(winner));
     let w = table.policy(winner);
@@ -236,13 +238,17 @@ pub fn explain(
     direction: Option<&str>,
 ) -> Result<String, String> {
     let key = parse_key(proto, src, dst, vlan, direction)?;
-    let (table, _warnings) = crate::load_policy_file(path).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    // One line (SPEC §4): the first error, and how many more `policy check` lists.
+    let (table, _warnings) =
+        crate::load_policy_file(path).map_err(|errors| match errors.len() {
+            0 | 1 => errors.iter().map(|e| e.to_string()).collect(),
+            n => format!(
+                "{} (and {} more: qosgw policy check {} lists them)",
+                errors[0],
+                n - 1,
+                path.display()
+            ),
+        })?;
     Ok(explain_key(&table, &key))
 }
 
@@ -318,7 +324,7 @@ lost: boss (line 5): step 1, precedence: 100 < 127
             "10.0.0.1",
             "10.0.0.2",
         );
-        assert_eq!(out, "winner: none\n");
+        assert_eq!(out, "winner: none\n  no policy matches this flow\n");
     }
 
     #[test]
