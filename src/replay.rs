@@ -295,7 +295,16 @@ impl Drop for WorkerFiles {
 /// non-Ethernet file, or one DPDK's reader would stop in, is one clear error.
 fn check_input(path: &Path) -> Result<Capture, String> {
     let refuse = |why: String| format!("cannot replay {}: {why}", path.display());
-    let cap = pcap::read_file(path).map_err(|e| refuse(e.to_string()))?;
+    let (cap, cut) = pcap::read_file_to_cut(path).map_err(|e| refuse(e.to_string()))?;
+    if let Some(record) = cut {
+        // As tcpdump reads a capture whose writer was interrupted; so does DPDK's libpcap.
+        crate::out::warn(&format!(
+            "{}: the capture is cut short in record {}; replaying the {record} whole frames \
+             before it",
+            path.display(),
+            record + 1
+        ));
+    }
     if cap.link_type != LINKTYPE_ETHERNET {
         return Err(refuse(format!(
             "its link type is {} but qosgw forwards Ethernet frames (link type 1); \

@@ -189,6 +189,33 @@ fn an_unwritable_output_is_one_clear_error() {
     assert_one_line_error(&out, "cannot write output capture");
 }
 
+/// A capture whose writer was interrupted is replayed up to the cut, as tcpdump reads it.
+#[test]
+fn a_capture_cut_short_is_replayed_to_the_cut() {
+    let dir = Scratch::new("cut");
+    let input = dir.path("in.pcap");
+    let frames = mixed_frames();
+    write_capture(&input, &frames);
+    let mut bytes = std::fs::read(&input).unwrap();
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(&input, bytes).unwrap();
+    let output = dir.path("out.pcap");
+    let out = replay(&input, &output, &["--json"]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let whole = frames.len() - 1;
+    assert!(
+        stderr.contains(&format!(
+            "cut short in record {}; replaying the {whole} whole frames",
+            whole + 1
+        )),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["rx_packets"], whole);
+    assert_eq!(read_capture(&output).len(), whole);
+}
+
 /// The output is written only once the replay succeeded: a replay refused for any reason
 /// leaves an existing output as it was, and one onto its own input is refused.
 #[test]

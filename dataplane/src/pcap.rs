@@ -74,15 +74,33 @@ impl From<io::Error> for PcapError {
     }
 }
 
-/// Reads a whole capture file.
+/// Reads a whole capture file; one cut short in a record is an error.
 pub fn read_file(path: &Path) -> Result<Capture, PcapError> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    parse(&bytes)
+    whole(read_file_to_cut(path)?)
 }
 
-/// Parses a capture held in memory.
+/// Reads a capture file up to where it is cut short, if it is (as tcpdump reads a capture
+/// whose writer was interrupted): its whole records, and the index of the cut one.
+pub fn read_file_to_cut(path: &Path) -> Result<(Capture, Option<usize>), PcapError> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    parse_to_cut(&bytes)
+}
+
+/// Parses a capture held in memory; one cut short in a record is an error.
 pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
+    whole(parse_to_cut(bytes)?)
+}
+
+fn whole((cap, cut): (Capture, Option<usize>)) -> Result<Capture, PcapError> {
+    match cut {
+        Some(record) => Err(PcapError::Truncated { record }),
+        None => Ok(cap),
+    }
+}
+
+/// Parses a capture held in memory up to where it is cut short (see [`read_file_to_cut`]).
+pub fn parse_to_cut(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError> {
     let magic = match bytes.get(0..4) {
         Some(m) => u32::from_le_bytes(m.try_into().expect("4 bytes")),
         None => return Err(PcapError::NotPcap),
@@ -105,17 +123,19 @@ pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
     let link_type = rd.u32(&bytes[20..24]) & 0x0fff_ffff;
     let mut records = Vec::new();
     let mut at = 24;
+    let mut cut = None;
     while at < bytes.len() {
-        let record = records.len();
-        let hdr = bytes
-            .get(at..at + 16)
-            .ok_or(PcapError::Truncated { record })?;
+        let Some(hdr) = bytes.get(at..at + 16) else {
+            cut = Some(records.len());
+            break;
+        };
         let (sec, frac) = (u64::from(rd.u32(&hdr[0..4])), u64::from(rd.u32(&hdr[4..8])));
         let caplen = rd.u32(&hdr[8..12]) as usize;
         let orig_len = rd.u32(&hdr[12..16]);
-        let data = bytes
-            .get(at + 16..at + 16 + caplen)
-            .ok_or(PcapError::Truncated { record })?;
+        let Some(data) = bytes.get(at + 16..at + 16 + caplen) else {
+            cut = Some(records.len());
+            break;
+        };
         let ts_ns = sec * 1_000_000_000 + if nanosecond { frac } else { frac * 1000 };
         records.push(Record {
             ts_ns,
@@ -124,15 +144,16 @@ pub fn parse(bytes: &[u8]) -> Result<Capture, PcapError> {
         });
         at += 16 + caplen;
     }
-    Ok(Capture {
+    let cap = Capture {
         link_type,
         nanosecond,
         records,
-    })
+    };
+    Ok((cap, cut))
 }
 
 /// pcapng: the link type of its interfaces (all the same), and every packet block's data.
-fn parse_pcapng(bytes: &[u8]) -> Result<Capture, PcapError> {
+fn parse_pcapng(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError> {
     let bom = bytes.get(8..12).ok_or(PcapError::NotPcap)?;
     let rd = match u32::from_le_bytes(bom.try_into().expect("4 bytes")) {
         PCAPNG_BYTE_ORDER => Endian(true),
@@ -142,20 +163,23 @@ fn parse_pcapng(bytes: &[u8]) -> Result<Capture, PcapError> {
     let mut link_type = None;
     let mut records = Vec::new();
     let mut at = 0;
+    let mut cut = None;
     while at < bytes.len() {
         let record = records.len();
-        let hdr = bytes
-            .get(at..at + 8)
-            .ok_or(PcapError::Truncated { record })?;
+        let Some(hdr) = bytes.get(at..at + 8) else {
+            cut = Some(record);
+            break;
+        };
         let (kind, len) = (rd.u32(&hdr[0..4]), rd.u32(&hdr[4..8]) as usize);
         if len < 12 || len % 4 != 0 {
             return Err(PcapError::Corrupt(format!(
                 "block of length {len} at byte {at}"
             )));
         }
-        let block = bytes
-            .get(at..at + len)
-            .ok_or(PcapError::Truncated { record })?;
+        let Some(block) = bytes.get(at..at + len) else {
+            cut = Some(record);
+            break;
+        };
         match kind {
             // Interface description block: link type in its first two bytes. One for
             // all interfaces: DPDK's reader (libpcap) stops at a packet of another.
@@ -200,11 +224,12 @@ fn parse_pcapng(bytes: &[u8]) -> Result<Capture, PcapError> {
     }
     let link_type =
         link_type.ok_or_else(|| PcapError::Corrupt("no interface description".into()))?;
-    Ok(Capture {
+    let cap = Capture {
         link_type,
         nanosecond: false,
         records,
-    })
+    };
+    Ok((cap, cut))
 }
 
 #[derive(Clone, Copy)]
@@ -344,5 +369,12 @@ mod tests {
             parse(&buf),
             Err(PcapError::Truncated { record: 0 })
         ));
+        // Read to the cut: the whole records before it, and where it is.
+        let mut buf = Vec::new();
+        write_to(&mut buf, false, &[rec(0, &[1, 2]), rec(1000, &[3, 4, 5])]).unwrap();
+        for cut_at in [buf.len() - 1, buf.len() - 3 - 16 + 5] {
+            let (cap, cut) = parse_to_cut(&buf[..cut_at]).unwrap();
+            assert_eq!((cap.records, cut), (vec![rec(0, &[1, 2])], Some(1)));
+        }
     }
 }
