@@ -270,6 +270,15 @@ impl WorkerFiles {
 
     /// Writes the workers' outputs to `output`, in transmit-time order.
     fn write_output(&self, output: &Path) -> Result<(), String> {
+        let cannot =
+            |e: std::io::Error| format!("cannot write output capture {}: {e}", output.display());
+        if let [only] = &self.outputs[..] {
+            // In order already: copied as it is, without holding it in memory.
+            let mut from = std::fs::File::open(only)
+                .map_err(|e| format!("reading {}: {e}", only.display()))?;
+            let mut to = std::fs::File::create(output).map_err(cannot)?;
+            return std::io::copy(&mut from, &mut to).map(drop).map_err(cannot);
+        }
         let mut all = Vec::new();
         for o in &self.outputs {
             all.extend(
@@ -280,8 +289,7 @@ impl WorkerFiles {
         }
         // Stable: one worker's frames that left at the same time keep their order.
         all.sort_by_key(|r| r.ts_ns);
-        pcap::write_file(output, true, &all)
-            .map_err(|e| format!("cannot write output capture {}: {e}", output.display()))
+        pcap::write_file(output, true, &all).map_err(cannot)
     }
 }
 

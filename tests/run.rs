@@ -623,11 +623,10 @@ fn one_policy(name: &str, port: u16, dscp: u8) -> Value {
     json!([{ "name": name, "protocol": "udp", "dst_port": port, "dscp": dscp }])
 }
 
-/// The policy file is watched from before it is first read: a change while the gateway
-/// starts (EAL, ports: a fraction of a second after the file was loaded) is picked up.
-#[test]
-fn a_policy_change_while_starting_is_picked_up() {
-    let dir = Scratch::new("run-early-change");
+/// For the reload tests: a scratch directory, net_pcap devices on an empty capture, and a
+/// policy file holding `alpha` (padded, so that another can replace it in place).
+fn reload_scene(name: &str) -> (Scratch, [String; 2], PathBuf) {
+    let dir = Scratch::new(name);
     let (input, output, policies) = (
         dir.path("in.pcap"),
         dir.path("out.pcap"),
@@ -635,8 +634,15 @@ fn a_policy_change_while_starting_is_picked_up() {
     );
     write_capture(&input, &[]);
     std::fs::write(&policies, padded(one_policy("alpha", 1000, 10))).unwrap();
+    (dir, [vdev_rx_pcap(&input), vdev_tx_pcap(&output)], policies)
+}
+
+/// The policy file is watched from before it is first read: a change while the gateway
+/// starts (EAL, ports: a fraction of a second after the file was loaded) is picked up.
+#[test]
+fn a_policy_change_while_starting_is_picked_up() {
+    let (dir, vdevs, policies) = reload_scene("run-early-change");
     let listen = free_loopback();
-    let vdevs = [vdev_rx_pcap(&input), vdev_tx_pcap(&output)];
     let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
     let mut gw = Gateway::spawn(&config, listen, dir.path("qosgw.log"));
     // The gateway reads the file within milliseconds and takes tenths of a second more to
@@ -658,20 +664,8 @@ fn a_policy_change_while_starting_is_picked_up() {
 
 #[test]
 fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
-    let dir = Scratch::new("run-reload");
-    let (input, output, policies) = (
-        dir.path("in.pcap"),
-        dir.path("out.pcap"),
-        dir.path("policies.json"),
-    );
-    write_capture(&input, &[]);
-    std::fs::write(&policies, padded(one_policy("alpha", 1000, 10))).unwrap();
-    let mut gw = Gateway::start(
-        &dir,
-        &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
-        &policies,
-        free_loopback(),
-    );
+    let (dir, vdevs, policies) = reload_scene("run-reload");
+    let mut gw = Gateway::start(&dir, &vdevs, &policies, free_loopback());
     let reloads = |gw: &Gateway| {
         (
             gw.value("qosgw_policy_reloads_total", &[("result", "ok")]) as u64,
