@@ -120,6 +120,9 @@ impl Worker {
         loop {
             let now = tsc();
             self.pipeline.housekeeping(now);
+            // Due packets first: a flow's next packet may be due now too, and if it were
+            // received first it would leave at once, ahead of its flow's parked packets.
+            let released = self.release_due(now);
             let mut got = 0;
             if self.parked() < self.hold_limit {
                 for side in Side::BOTH {
@@ -127,7 +130,6 @@ impl Worker {
                 }
             }
             received += got as u64;
-            let released = self.release_due(now);
             if got + released > 0 {
                 // Whatever this iteration moved leaves now: a partly filled buffer waiting
                 // for more would add its wait to every TCP round trip (and shaped packets
