@@ -39,6 +39,10 @@ pub struct ReplayArgs {
     /// Flows each worker's flow cache holds before it evicts (default 1048576).
     #[arg(long, value_name = "N")]
     flow_capacity: Option<usize>,
+    /// Packet buffers (default: enough to hold the whole input at once, within a quarter of
+    /// the machine's memory). A worker whose shapers hold its share stops reading.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(16_384..))]
+    mbufs: Option<u32>,
     /// Print the summary as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -54,8 +58,12 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     let table = crate::load_policies(&args.policies)?;
     let input = check_input(&args.input)?;
     check_output(&args.input, &args.output)?;
-    let pool = ReplayPool::for_capture(&input);
-    let files = WorkerFiles::new(args, input)?;
+    let files = WorkerFiles::new(args, &input)?;
+    let mut pool = ReplayPool::for_capture(&input, &files.frames);
+    if let Some(n) = args.mbufs {
+        pool.set_mbufs(n);
+    }
+    drop(input);
 
     let eal = Eal::init(&eal_args(args.workers, &files, &pool)?).map_err(|e| e.to_string())?;
     let mut pipeline = PipelineConfig::defaults(eal.tsc_hz());
@@ -199,8 +207,11 @@ fn eal_args(workers: usize, files: &WorkerFiles, pool: &ReplayPool) -> Result<Ve
 }
 
 /// The packet pool for a replay: mbufs just big enough for the capture's largest frame
-/// (one segment each), as many as about 512 MB of memory holds, so that the shapers can
-/// hold a long backlog.
+/// (one segment each), and enough of them for every frame to be held at once, as far as a
+/// quarter of the machine's memory goes. A worker stops receiving while its shapers hold
+/// its share of the pool, which loses nothing but makes the frames behind in the input
+/// wait, unthrottled ones too (SPEC §5 says they never wait behind throttled ones): with
+/// room for the whole input, that only happens to captures beyond the memory budget.
 struct ReplayPool {
     mbufs: u32,
     data_room: u16,
@@ -208,20 +219,45 @@ struct ReplayPool {
 }
 
 impl ReplayPool {
-    fn for_capture(cap: &Capture) -> ReplayPool {
+    /// For `cap` split over workers as `frames` says.
+    fn for_capture(cap: &Capture, frames: &[u64]) -> ReplayPool {
         let largest = cap.records.iter().map(|r| r.data.len()).max().unwrap_or(0);
-        let room = largest.clamp(2048, MAX_FRAME_LEN as usize).div_ceil(64) * 64;
-        let data_room = (room + 128) as u16;
-        // Each mbuf also carries its 128-byte header and the mempool's own.
-        let element = usize::from(data_room) + 256;
-        let mbufs = ((512usize << 20) / element).min(65535) as u32;
-        let memory_mb = 256 + ((mbufs as usize * element) >> 20);
-        ReplayPool {
-            mbufs,
-            data_room,
-            memory_mb,
-        }
+        let room = largest.clamp(64, MAX_FRAME_LEN as usize).div_ceil(64) * 64;
+        let mut pool = ReplayPool {
+            mbufs: 0,
+            data_room: (room + 128) as u16,
+            memory_mb: 0,
+        };
+        // Every worker's share (the hold limit) must take its frames, beyond what its RX
+        // and TX rings, bursts and the mempool caches hold (the gateway keeps 2048 of each
+        // share for those).
+        let workers = frames.len();
+        let most = frames.iter().max().copied().unwrap_or(0) as usize;
+        let wanted = (most + 8192) * workers + 4096;
+        let budget = (memory_budget() / pool.element()).max(65_536);
+        pool.set_mbufs(wanted.min(budget).min(u32::MAX as usize) as u32);
+        pool
     }
+
+    /// `mbufs` buffers, and the memory the EAL needs for them.
+    fn set_mbufs(&mut self, mbufs: u32) {
+        self.mbufs = mbufs;
+        self.memory_mb = 256 + ((mbufs as usize * self.element()) >> 20);
+    }
+
+    /// Bytes a buffer takes: its data room, its 128-byte header and the mempool's own.
+    fn element(&self) -> usize {
+        usize::from(self.data_room) + 256
+    }
+}
+
+/// A quarter of the machine's memory (`MemTotal`), or 512 MiB if it cannot be read.
+fn memory_budget() -> usize {
+    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<usize>().ok()
+    });
+    total_kib.map_or(512 << 20, |kib| kib * 1024 / 4)
 }
 
 /// The capture files each worker reads and writes, in a scratch directory: with one worker
@@ -237,7 +273,7 @@ struct WorkerFiles {
 }
 
 impl WorkerFiles {
-    fn new(args: &ReplayArgs, input: Capture) -> Result<WorkerFiles, String> {
+    fn new(args: &ReplayArgs, input: &Capture) -> Result<WorkerFiles, String> {
         let dir = std::env::temp_dir().join(format!("qosgw-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -254,13 +290,13 @@ impl WorkerFiles {
             files.frames.push(input.records.len() as u64);
             return Ok(files);
         }
-        let mut split: Vec<Vec<Record>> = vec![Vec::new(); args.workers];
-        for r in input.records {
+        let mut split: Vec<Vec<&Record>> = vec![Vec::new(); args.workers];
+        for r in &input.records {
             split[worker_for(&r.data, false, args.workers)].push(r);
         }
         for (w, records) in split.iter().enumerate() {
             let i = dir.join(format!("in{w}.pcap"));
-            pcap::write_file(&i, input.nanosecond, records)
+            pcap::write_file(&i, input.nanosecond, records.iter().copied())
                 .map_err(|e| format!("cannot write {}: {e}", i.display()))?;
             files.inputs.push(i);
             files.frames.push(records.len() as u64);

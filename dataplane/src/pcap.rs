@@ -255,14 +255,22 @@ impl Endian {
 }
 
 /// Writes a classic little-endian pcap file with Ethernet link type.
-pub fn write_file(path: &Path, nanosecond: bool, records: &[Record]) -> io::Result<()> {
+pub fn write_file<'a>(
+    path: &Path,
+    nanosecond: bool,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> io::Result<()> {
     let mut w = BufWriter::new(File::create(path)?);
     write_to(&mut w, nanosecond, records)?;
     w.flush()
 }
 
 /// Writes a classic little-endian pcap with Ethernet link type to any writer.
-pub fn write_to(w: &mut impl Write, nanosecond: bool, records: &[Record]) -> io::Result<()> {
+pub fn write_to<'a>(
+    w: &mut impl Write,
+    nanosecond: bool,
+    records: impl IntoIterator<Item = &'a Record>,
+) -> io::Result<()> {
     let magic = if nanosecond { MAGIC_NSEC } else { MAGIC_USEC };
     w.write_all(&magic.to_le_bytes())?;
     w.write_all(&2u16.to_le_bytes())?;
