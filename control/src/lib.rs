@@ -97,13 +97,49 @@ pub fn load_policy_file(path: &Path) -> LoadResult {
     parse_policies(&name, &text)
 }
 
+/// The longest policy or configuration file read (50 000 policies take about 7 MB).
+pub const MAX_FILE_LEN: u64 = 64 << 20;
+
+/// A regular file's bytes, at most `limit` of them. Anything else is an error rather than
+/// a wait: a FIFO would block the reading thread (the control thread, and with it every
+/// reload and the shutdown) until someone writes to it, and `/dev/zero` would fill memory.
+fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::new(ErrorKind::InvalidInput, format!("it is {kind}")));
+    }
+    let too_long = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("it is longer than {} MiB", limit >> 20),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_long());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_long());
+    }
+    Ok(bytes)
+}
+
 /// A JSON file's text (`what` it is, for the message). A file that cannot be read is a
 /// diagnostic about the whole file (`FILE: cannot read ...`); one that is not UTF-8, a
 /// diagnostic at its first byte that is not.
 pub(crate) fn read_text(name: &str, path: &Path, what: &str) -> Result<String, Diagnostic> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Diagnostic::error(name, Pos::default(), format!("cannot read the {what}: {e}"))
-    })?;
+    let whole_file = |msg: String| Diagnostic::error(name, Pos::default(), msg);
+    let bytes = read_bounded(path, MAX_FILE_LEN)
+        .map_err(|e| whole_file(format!("cannot read the {what}: {e}")))?;
     String::from_utf8(bytes).map_err(|e| {
         let bytes = e.as_bytes();
         let valid = e.utf8_error().valid_up_to();
@@ -122,4 +158,30 @@ pub(crate) fn read_text(name: &str, path: &Path, what: &str) -> Result<String, D
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_read() {
+        let dir = std::env::temp_dir().join(format!("qosgw-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.json");
+        std::fs::write(&file, "0123456789").unwrap();
+        assert_eq!(read_bounded(&file, 10).unwrap(), b"0123456789");
+        let err = read_bounded(&file, 9).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        let err = read_bounded(&dir, 10).unwrap_err().to_string();
+        assert_eq!(err, "it is a directory");
+        // A FIFO with no writer would block a reader forever.
+        let fifo = dir.join("fifo.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let err = read_bounded(&fifo, 10).unwrap_err().to_string();
+            assert_eq!(err, "it is not a regular file");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
