@@ -73,19 +73,14 @@ pub fn run(ctx: ControlContext) {
         reloading: Mutex::new(()),
     });
     let server = {
-        let c = c.clone();
+        let (c, stop) = (c.clone(), c.ctx.stop.clone());
         std::thread::Builder::new()
             .name("qosgw-http".into())
-            .spawn(move || http::serve(listener, &c.ctx.stop, &mut |req| c.handle(req)))
+            .spawn(move || http::serve(listener, &stop, move |req| c.handle(req)))
     };
     let mut watch = c.ctx.watch.clone();
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
-        if signals::stop_requested() {
-            errln!("qosgw: stopping (signal)");
-            c.ctx.stop.store(true, Ordering::SeqCst);
-            break;
-        }
         if signals::take_hangup() {
             let _ = c.reload("SIGHUP");
         }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 
 use clap::Args;
 use control::config::{load_gateway_config, GatewayConfig as FileConfig};
@@ -28,8 +29,19 @@ pub struct RunArgs {
 }
 
 pub fn run(args: &RunArgs) -> Result<(), String> {
+    // First: a SIGHUP from a config tool while the gateway starts must not kill it, and a
+    // SIGTERM then is a stop like any other.
+    signals::install();
     let cfg = load_gateway_config(&args.config)
         .map_err(|errors| crate::first_error(&errors, &args.config))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cfg.workers > cpus {
+        crate::out::warn(&format!(
+            "{} workers on {cpus} CPUs: workers poll without pause, so those sharing a CPU \
+             slow each other down",
+            cfg.workers
+        ));
+    }
     // Watched from before it is read: a change while the gateway starts is a change.
     let watch = control::watch::FileWatch::new(&cfg.policies);
     let table = crate::load_policies(&cfg.policies)?;
@@ -40,25 +52,40 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             cfg.metrics_listen
         )
     })?;
-    signals::install();
 
     // The control thread starts before the EAL, which pins the calling thread to the main
     // lcore's CPU: spawned later it would inherit that pinning. Once the EAL is up it moves
     // itself to the CPUs no worker polls (ControlContext::cpus).
     let (to_control, from_main) = mpsc::channel::<ControlContext>();
+    let (done, control_done) = mpsc::channel::<()>();
     let control = std::thread::Builder::new()
         .name("qosgw-control".into())
         .spawn(move || {
             if let Ok(ctx) = from_main.recv() {
                 control_thread::run(ctx);
             }
+            let _ = done.send(());
         })
         .map_err(|e| format!("cannot start the control thread: {e}"))?;
 
     let result = start(args, &cfg, table, watch, listener, to_control);
-    let _ = control.join();
+    // The workers have stopped. The control thread follows within a tick, unless a reload
+    // is stuck reading the policy file (a hung network mount): then the gateway exits
+    // without it rather than hang in its stop.
+    match control_done.recv_timeout(CONTROL_STOP_LIMIT) {
+        Err(mpsc::RecvTimeoutError::Timeout) => errln!(
+            "qosgw: the control thread did not stop within {CONTROL_STOP_LIMIT:?} (a policy \
+             reload still reading its file?); exiting without it"
+        ),
+        _ => {
+            let _ = control.join();
+        }
+    }
     result
 }
+
+/// How long a stopping gateway waits for its control thread.
+const CONTROL_STOP_LIMIT: Duration = Duration::from_secs(3);
 
 fn start(
     args: &RunArgs,
@@ -68,6 +95,10 @@ fn start(
     listener: std::net::TcpListener,
     to_control: mpsc::Sender<ControlContext>,
 ) -> Result<(), String> {
+    if signals::stop_requested() {
+        errln!("qosgw: stopping (signal) before the ports were started");
+        return Ok(());
+    }
     let eal = Eal::init(&eal_args(cfg, &args.eal)).map_err(|e| e.to_string())?;
     let hz = eal.tsc_hz();
     let settings = ShaperSettings {
@@ -107,9 +138,12 @@ fn start(
         cpus: eal.control_cpus(),
         stop: stop.clone(),
     };
+    let cpus = ctx.cpus;
     to_control
         .send(ctx)
         .map_err(|_| "the control thread ended early".to_owned())?;
+    signals::stop_on_signal(stop.clone(), cpus)
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     errln!(
         "qosgw: forwarding between {} (inside) and {} (outside) with {} worker(s), {} policies (generation {}); metrics on http://{}/metrics",
         cfg.inside,

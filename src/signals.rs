@@ -1,8 +1,14 @@
-//! SIGINT/SIGTERM (stop) and SIGHUP (reload policies), caught into flags that the control
-//! thread polls. No crate: a handler that only stores to an atomic is async-signal-safe.
+//! SIGINT/SIGTERM (stop) and SIGHUP (reload policies), caught into flags: a thread of its
+//! own turns a stop into the workers' stop flag ([`stop_on_signal`]), the control thread
+//! polls for SIGHUP. No crate: a handler that only stores to an atomic is
+//! async-signal-safe.
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataplane::dpdk::CpuSet;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 static HANGUP: AtomicBool = AtomicBool::new(false);
@@ -46,4 +52,25 @@ pub fn stop_requested() -> bool {
 /// Whether SIGHUP arrived since the last call.
 pub fn take_hangup() -> bool {
     HANGUP.swap(false, Ordering::SeqCst)
+}
+
+/// Raises `stop` when SIGINT or SIGTERM arrives, from a thread of its own (on `cpus`, off
+/// the workers' when there are any): the control thread may be busy with a reload, and the
+/// stop must not wait for it. The thread ends once `stop` is raised, by it or anyone.
+pub fn stop_on_signal(stop: Arc<AtomicBool>, cpus: Option<CpuSet>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("qosgw-signals".into())
+        .spawn(move || {
+            if let Some(cpus) = cpus {
+                let _ = cpus.pin_current_thread();
+            }
+            while !stop.load(Ordering::SeqCst) {
+                if stop_requested() {
+                    errln!("qosgw: stopping (signal)");
+                    stop.store(true, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .map(drop)
 }

@@ -637,6 +637,30 @@ fn reload_scene(name: &str) -> (Scratch, [String; 2], PathBuf) {
     (dir, [vdev_rx_pcap(&input), vdev_tx_pcap(&output)], policies)
 }
 
+/// Signals are caught from the start: a SIGHUP while the gateway loads a large policy
+/// file (a config tool reloading during a restart) must not kill it. (Found by an audit:
+/// the handlers were installed after the policies were loaded, and SIGHUP's default action
+/// ended the process.)
+#[test]
+fn a_sighup_while_starting_does_not_kill_the_gateway() {
+    let (dir, vdevs, policies) = reload_scene("run-early-hup");
+    let many: Vec<Value> = (0..20_000u32)
+        .map(|i| {
+            json!({ "name": format!("p{i}"), "protocol": "udp",
+                    "dst_prefix": format!("10.{}.{}.0/24", i / 256, i % 256), "dscp": 8 })
+        })
+        .collect();
+    std::fs::write(&policies, json!({ "policies": many }).to_string()).unwrap();
+    let listen = free_loopback();
+    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
+    let mut gw = Gateway::spawn(&config, listen, dir.path("qosgw.log"));
+    std::thread::sleep(Duration::from_millis(100));
+    gw.proc.signal("HUP");
+    gw.wait_ready();
+    let (status, _, log) = gw.terminate("TERM", Duration::from_secs(5));
+    assert!(status.success(), "{status}\n{log}");
+}
+
 /// The policy file is watched from before it is first read: a change while the gateway
 /// starts (EAL, ports: a fraction of a second after the file was loaded) is picked up.
 #[test]
