@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use control::{PolicyId, PolicyTable};
 
@@ -70,7 +71,7 @@ pub struct PolicyTotals {
 #[derive(Debug)]
 pub struct PolicyStats {
     pub name: String,
-    /// Unique among the names ever published (registration order), never
+    /// Unique among the names whose counters exist (registration order), never
     /// [`FlowEntry::NO_POLICY`](crate::flow_cache::FlowEntry::NO_POLICY).
     pub id: u32,
     /// Shared with every published [`Actions`] of the policy, which reaches a worker's
@@ -146,6 +147,69 @@ impl Actions {
     }
 }
 
+/// Every policy's counters by name: those in force, and those a reload removed, kept
+/// (frozen) for [`StatsRegistry::KEEP_REMOVED`] so that scrapes see their last values and
+/// a policy that comes back soon under its name goes on counting, but no longer and at
+/// most [`StatsRegistry::MAX_REMOVED`] of them: a policy generator that renames its
+/// policies at each reload must not grow the gateway's memory and `/metrics` for ever. A
+/// policy that comes back after its counters were forgotten starts again from 0, which
+/// Prometheus takes as a counter reset.
+#[derive(Default)]
+struct StatsRegistry {
+    /// The counters, and since when the policy is out of force (`None`: in force).
+    by_name: HashMap<String, (Arc<PolicyStats>, Option<Instant>)>,
+    next_id: u32,
+}
+
+impl StatsRegistry {
+    const KEEP_REMOVED: Duration = Duration::from_secs(15 * 60);
+    const MAX_REMOVED: usize = 10_000;
+
+    /// The counters of policy `name`, in force again if it had been removed.
+    fn in_force(&mut self, name: &str, workers: usize) -> Arc<PolicyStats> {
+        if let Some((stats, removed)) = self.by_name.get_mut(name) {
+            *removed = None;
+            return stats.clone();
+        }
+        let id = self.next_id;
+        // Never FlowEntry::NO_POLICY (u32::MAX); ids repeat only after 4 billion names.
+        self.next_id = (id + 1) % u32::MAX;
+        let stats = Arc::new(PolicyStats::new(name, id, workers));
+        self.by_name.insert(name.to_owned(), (stats.clone(), None));
+        stats
+    }
+
+    /// Marks every policy but those of `in_force` removed (since `now`, if it was not yet).
+    fn removed_except(&mut self, in_force: &[Actions], now: Instant) {
+        let live: std::collections::HashSet<u32> = in_force.iter().map(|a| a.stats.id).collect();
+        for (stats, removed) in self.by_name.values_mut() {
+            if !live.contains(&stats.id) && removed.is_none() {
+                *removed = Some(now);
+            }
+        }
+        self.forget_removed(now);
+    }
+
+    /// Forgets the counters of policies removed longer than [`Self::KEEP_REMOVED`] ago, and
+    /// the oldest beyond [`Self::MAX_REMOVED`].
+    fn forget_removed(&mut self, now: Instant) {
+        self.by_name
+            .retain(|_, (_, removed)| removed.is_none_or(|t| now - t < Self::KEEP_REMOVED));
+        let mut removed: Vec<(Instant, u32)> = self
+            .by_name
+            .values()
+            .filter_map(|(s, r)| r.map(|t| (t, s.id)))
+            .collect();
+        if removed.len() > Self::MAX_REMOVED {
+            removed.sort_unstable();
+            let excess = removed.len() - Self::MAX_REMOVED;
+            let oldest: std::collections::HashSet<u32> =
+                removed[..excess].iter().map(|&(_, id)| id).collect();
+            self.by_name.retain(|_, (s, _)| !oldest.contains(&s.id));
+        }
+    }
+}
+
 /// A compiled, immutable set of policies with its generation.
 #[derive(Debug)]
 pub struct PolicySet {
@@ -174,7 +238,7 @@ pub struct ShaperSettings {
 pub struct Publisher {
     current: Mutex<Arc<PolicySet>>,
     generation: AtomicU64,
-    stats: Mutex<HashMap<String, Arc<PolicyStats>>>,
+    stats: Mutex<StatsRegistry>,
     shapers: ShaperRegistry,
     settings: ShaperSettings,
     workers: usize,
@@ -201,7 +265,7 @@ impl Publisher {
         let p = Publisher {
             current: Mutex::new(Arc::new(empty)),
             generation: AtomicU64::new(0),
-            stats: Mutex::new(HashMap::new()),
+            stats: Mutex::new(StatsRegistry::default()),
             shapers: ShaperRegistry::new(),
             settings,
             workers,
@@ -244,11 +308,12 @@ impl Publisher {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Counters of every policy ever published, by name (including policies a reload
-    /// removed, whose counters stop moving).
+    /// Counters of the policies in force and of those a reload removed lately (see
+    /// [`StatsRegistry`]), by name.
     pub fn all_stats(&self) -> Vec<Arc<PolicyStats>> {
-        let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<_> = stats.values().cloned().collect();
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.forget_removed(Instant::now());
+        let mut v: Vec<_> = stats.by_name.values().map(|(s, _)| s.clone()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -257,7 +322,7 @@ impl Publisher {
         &self,
         table: PolicyTable,
         generation: u64,
-        registry: &mut HashMap<String, Arc<PolicyStats>>,
+        registry: &mut StatsRegistry,
     ) -> Result<PolicySet, String> {
         let mut actions = Vec::with_capacity(table.len());
         for p in table.policies() {
@@ -273,11 +338,7 @@ impl Publisher {
                 }
                 None => None,
             };
-            let id = registry.len() as u32;
-            let stats = registry
-                .entry(p.name.clone())
-                .or_insert_with(|| Arc::new(PolicyStats::new(&p.name, id, self.workers)))
-                .clone();
+            let stats = registry.in_force(&p.name, self.workers);
             actions.push(Actions {
                 dscp: p.dscp,
                 pcp: p.priority_8021p,
@@ -286,6 +347,7 @@ impl Publisher {
                 stats,
             });
         }
+        registry.removed_except(&actions, Instant::now());
         Ok(PolicySet {
             generation,
             table,
@@ -379,5 +441,37 @@ mod tests {
             "a's counters carried over"
         );
         assert_eq!(p.all_stats().len(), 2);
+    }
+
+    /// Removed policies' counters stay a while (frozen), then go; at most
+    /// `MAX_REMOVED` of them stay, the most recently removed.
+    #[test]
+    fn removed_policies_counters_are_kept_for_a_while_and_bounded() {
+        let mut r = StatsRegistry::default();
+        let t0 = Instant::now();
+        let a = r.in_force("a", 1);
+        r.removed_except(&[], t0);
+        assert_eq!(r.by_name.len(), 1, "kept after removal");
+        assert!(
+            Arc::ptr_eq(&r.in_force("a", 1), &a),
+            "back under its name: same counters"
+        );
+        r.removed_except(&[], t0);
+        r.forget_removed(t0 + StatsRegistry::KEEP_REMOVED);
+        assert!(r.by_name.is_empty(), "forgotten after KEEP_REMOVED");
+        assert_ne!(r.in_force("a", 1).id, a.id, "new counters, a new id");
+
+        let mut r = StatsRegistry::default();
+        let names = |from: usize, n: usize| (from..from + n).map(|i| format!("p{i}"));
+        for name in names(0, 10) {
+            r.in_force(&name, 1);
+        }
+        r.removed_except(&[], t0);
+        for name in names(10, StatsRegistry::MAX_REMOVED) {
+            r.in_force(&name, 1);
+        }
+        r.removed_except(&[], t0 + Duration::from_secs(1));
+        assert_eq!(r.by_name.len(), StatsRegistry::MAX_REMOVED);
+        assert!(!r.by_name.contains_key("p9") && r.by_name.contains_key("p10"));
     }
 }
