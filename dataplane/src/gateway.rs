@@ -80,7 +80,17 @@ impl<'e> Gateway<'e> {
         }
         let needed = (largest.div_ceil(64) * 64 + 128).max(2048 + 128);
         let data_room = cfg.data_room.min(u16::try_from(needed).unwrap_or(u16::MAX));
-        let pool = Arc::new(Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, data_room)?);
+        let pool =
+            Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, data_room).map_err(|mut e| {
+                // Mbuf header and the mempool's own: 256 bytes beside the data room.
+                let mb = (cfg.mbufs as usize * (usize::from(data_room) + 256)) >> 20;
+                e.detail += &format!(
+                    " (the pool needs about {mb} MB: give the EAL at least {} MB with -m)",
+                    mb + 256
+                );
+                e
+            })?;
+        let pool = Arc::new(pool);
         let inside = Port::open(eal, &cfg.ports[Side::Inside.index()], queues, pool.clone())?;
         let outside = Port::open(eal, &cfg.ports[Side::Outside.index()], queues, pool)?;
 
