@@ -49,6 +49,8 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: &ReplayArgs) -> Result<(), String> {
+    // Ctrl-C stops the workers and removes the scratch files (and leaves the output alone).
+    crate::signals::install();
     // Everything that can be refused is, before the output is touched.
     if !(1..=MAX_WORKERS).contains(&args.workers) {
         return Err(format!(
@@ -106,11 +108,11 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         STALL_LIMIT,
     );
     let report = gateway.run(stops).map_err(|e| e.to_string())?;
-    watchdog.finish()?;
+    watchdog.finish(&report)?;
     let elapsed = started.elapsed().as_secs_f64();
-    files.write_output(&args.output)?;
-
     let summary = Summary::new(&report, &publisher, eal.tsc_hz(), elapsed);
+    files.write_output(&args.output, summary.tx_packets)?;
+
     if args.json {
         crate::out::print(&format!("{}\n", summary.json()))
     } else {
@@ -120,9 +122,6 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
 
 /// net_pcap's queues per port: replay's workers at most.
 const MAX_WORKERS: usize = 16;
-
-/// The longest record libpcap (which DPDK reads captures with) accepts.
-const LIBPCAP_MAX_RECORD: usize = 262_144;
 
 /// The most of a frame net_pcap writes to a capture (its snap length).
 const NET_PCAP_SNAPLEN: usize = 16_128;
@@ -134,16 +133,23 @@ const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// Watches a replay for a capture reader that stops before the end of the input: the
 /// workers stop once they have received every frame qosgw's own reader counted, and
 /// libpcap may refuse a frame that reader accepted. Rather than wait forever, the replay
-/// stops and says so.
+/// stops and says so. It also turns SIGINT/SIGTERM into the workers' stop.
 struct StallWatch {
-    thread: std::thread::JoinHandle<Option<u64>>,
+    thread: Option<std::thread::JoinHandle<Option<Stopped>>>,
     done: Arc<AtomicBool>,
     frames: u64,
 }
 
+/// Why a [`StallWatch`] stopped the replay.
+enum Stopped {
+    /// No frame for the limit, with this many received.
+    Stalled(u64),
+    Signal,
+}
+
 impl StallWatch {
     /// Watches the workers counting into `counters` for `frames` in all; raises `stop` if
-    /// none arrives for `limit` while the shapers hold nothing.
+    /// none arrives for `limit` while the shapers hold nothing, or on SIGINT/SIGTERM.
     fn start(
         counters: Vec<Arc<WorkerCounters>>,
         frames: u64,
@@ -156,36 +162,63 @@ impl StallWatch {
             let (mut seen, mut since) = (0, Instant::now());
             while !finished.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
-                let w = counters.iter().map(|c| &**c);
-                let received = sum(w.clone(), |c| c.rx_packets[0].get() + c.rx_packets[1].get());
-                let held = sum(w, |c| c.shaper_backlog_packets.get());
-                if received != seen || held > 0 || received >= frames {
-                    (seen, since) = (received, Instant::now());
-                } else if since.elapsed() > limit {
-                    stop.store(true, Ordering::Relaxed);
-                    return Some(received);
-                }
+                let why = if crate::signals::stop_requested() {
+                    Stopped::Signal
+                } else {
+                    let w = counters.iter().map(|c| &**c);
+                    let received =
+                        sum(w.clone(), |c| c.rx_packets[0].get() + c.rx_packets[1].get());
+                    let held = sum(w, |c| c.shaper_backlog_packets.get());
+                    if received != seen || held > 0 || received >= frames {
+                        (seen, since) = (received, Instant::now());
+                        continue;
+                    }
+                    if since.elapsed() <= limit {
+                        continue;
+                    }
+                    Stopped::Stalled(received)
+                };
+                stop.store(true, Ordering::Relaxed);
+                return Some(why);
             }
             None
         });
         StallWatch {
-            thread,
+            thread: Some(thread),
             done,
             frames,
         }
     }
 
-    /// After the run: an error if the watch had to stop it.
-    fn finish(self) -> Result<(), String> {
-        self.done.store(true, Ordering::Relaxed);
-        match self.thread.join() {
-            Ok(Some(received)) => Err(format!(
-                "DPDK's capture reader (libpcap) delivered {received} of the input's {} frames \
-                 and then no more; `tcpdump -r` on the input shows where it stops",
-                self.frames
-            )),
-            _ => Ok(()),
+    /// After the run (`report`): an error if the watch had to stop it.
+    fn finish(mut self, report: &RunReport) -> Result<(), String> {
+        match self.stop() {
+            Some(Stopped::Signal) => {
+                Err("interrupted by a signal; the output was not written".into())
+            }
+            Some(Stopped::Stalled(received)) => {
+                let no_mbuf: u64 = report.ports.iter().map(|p| p.rx_no_mbuf).sum();
+                Err(format!(
+                    "DPDK's capture reader delivered {received} of the input's {} frames and \
+                     then no more ({no_mbuf} lost for want of an mbuf); `tcpdump -r` on the \
+                     input shows whether libpcap stops early",
+                    self.frames
+                ))
+            }
+            None => Ok(()),
         }
+    }
+
+    fn stop(&mut self) -> Option<Stopped> {
+        self.done.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok().flatten())
+    }
+}
+
+impl Drop for StallWatch {
+    /// A run that failed ends the watch too.
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -207,8 +240,8 @@ fn eal_args(workers: usize, files: &WorkerFiles, pool: &ReplayPool) -> Result<Ve
 }
 
 /// The packet pool for a replay: mbufs just big enough for the capture's largest frame
-/// (one segment each), and enough of them for every frame to be held at once, as far as a
-/// quarter of the machine's memory goes. A worker stops receiving while its shapers hold
+/// (one segment each), and enough of them for every frame to be held at once, as far as
+/// the memory budget goes ([`memory_budget`]). A worker stops receiving while its shapers hold
 /// its share of the pool, which loses nothing but makes the frames behind in the input
 /// wait, unthrottled ones too (SPEC §5 says they never wait behind throttled ones): with
 /// room for the whole input, that only happens to captures beyond the memory budget.
@@ -251,20 +284,38 @@ impl ReplayPool {
     }
 }
 
-/// A quarter of the machine's memory (`MemTotal`), or 512 MiB if it cannot be read.
+/// What replay's pool may take: a quarter of the machine's memory (`MemTotal`), no more
+/// than half of what is free now (`MemAvailable`) nor a quarter of the cgroup's limit (a
+/// container's `memory.max`); 512 MiB if none of them can be read.
 fn memory_budget() -> usize {
-    let total_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        line.split_whitespace().nth(1)?.parse::<usize>().ok()
-    });
-    total_kib.map_or(512 << 20, |kib| kib * 1024 / 4)
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        let line = meminfo.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<usize>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok());
+    [
+        kib("MemTotal:").map(|b| b / 4),
+        kib("MemAvailable:").map(|b| b / 2),
+        cgroup.map(|b| b / 4),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(512 << 20)
 }
 
 /// The capture files each worker reads and writes, in a scratch directory: with one worker
 /// it reads the user's input; with several, the input is split by flow hash (every flow on
 /// one worker, as RSS would do). The user's output is written from the workers' outputs at
-/// the end, merged by transmit time, so that it is only touched once the replay succeeded,
-/// and every write to it is checked (net_pcap does not report its write errors).
+/// the end, checked and merged by transmit time, so that it is only touched once the
+/// replay succeeded (net_pcap does not report its write errors).
 struct WorkerFiles {
     inputs: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
@@ -274,9 +325,7 @@ struct WorkerFiles {
 
 impl WorkerFiles {
     fn new(args: &ReplayArgs, input: &Capture) -> Result<WorkerFiles, String> {
-        let dir = std::env::temp_dir().join(format!("qosgw-replay-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let dir = scratch_dir(&args.output)?;
         let mut files = WorkerFiles {
             inputs: vec![],
             outputs: (0..args.workers)
@@ -304,29 +353,72 @@ impl WorkerFiles {
         Ok(files)
     }
 
-    /// Writes the workers' outputs to `output`, in transmit-time order.
-    fn write_output(&self, output: &Path) -> Result<(), String> {
+    /// Writes the workers' outputs to `output`, in transmit-time order, once they are
+    /// checked to hold the `sent` frames the workers counted (net_pcap does not report its
+    /// write errors: a full disk would otherwise cut the output silently).
+    fn write_output(&self, output: &Path, sent: u64) -> Result<(), String> {
         let cannot =
             |e: std::io::Error| format!("cannot write output capture {}: {e}", output.display());
+        let short = |written: u64| {
+            format!(
+                "the output is short: net_pcap wrote {written} of the {sent} frames sent into \
+                 {} (is its file system full?); {} was not written",
+                self.scratch.display(),
+                output.display()
+            )
+        };
+        let unreadable = |o: &Path, e: pcap::PcapError| match e {
+            pcap::PcapError::Truncated { record } => short(record as u64),
+            e => format!("reading {}: {e}", o.display()),
+        };
         if let [only] = &self.outputs[..] {
-            // In order already: copied as it is, without holding it in memory.
-            let mut from = std::fs::File::open(only)
-                .map_err(|e| format!("reading {}: {e}", only.display()))?;
+            let written = pcap::count_records(only).map_err(|e| unreadable(only, e))?;
+            if written != sent {
+                return Err(short(written));
+            }
+            // In order already. Beside the output (where the scratch directory is when it
+            // can be), a rename replaces it whole; anywhere else (a device), a copy.
+            if std::fs::rename(only, output).is_ok() {
+                return Ok(());
+            }
+            let mut from = std::fs::File::open(only).map_err(cannot)?;
             let mut to = std::fs::File::create(output).map_err(cannot)?;
             return std::io::copy(&mut from, &mut to).map(drop).map_err(cannot);
         }
         let mut all = Vec::new();
         for o in &self.outputs {
-            all.extend(
-                pcap::read_file(o)
-                    .map_err(|e| format!("reading {}: {e}", o.display()))?
-                    .records,
-            );
+            all.extend(pcap::read_file(o).map_err(|e| unreadable(o, e))?.records);
+        }
+        if all.len() as u64 != sent {
+            return Err(short(all.len() as u64));
         }
         // Stable: one worker's frames that left at the same time keep their order.
         all.sort_by_key(|r| r.ts_ns);
         pcap::write_file(output, true, &all).map_err(cannot)
     }
+}
+
+/// A new scratch directory (mode 0700, under a name no one can have made ready for it),
+/// beside `output` when that is or will be a file (so that the output is renamed into
+/// place, and a full disk there shows in the scratch files), else in the temporary
+/// directory.
+fn scratch_dir(output: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let beside = std::fs::metadata(output).map_or(true, |m| m.is_file());
+    let parent = match output.parent() {
+        _ if !beside => std::env::temp_dir(),
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = parent.join(format!(".qosgw-replay-{}-{nanos:09}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 impl Drop for WorkerFiles {
@@ -357,13 +449,14 @@ fn check_input(path: &Path) -> Result<Capture, String> {
         )));
     }
     if let Some((i, r)) =
-        (cap.records.iter().enumerate()).find(|(_, r)| r.data.len() > LIBPCAP_MAX_RECORD)
+        (cap.records.iter().enumerate()).find(|(_, r)| r.data.len() > pcap::MAX_RECORD)
     {
         return Err(refuse(format!(
             "record {} holds {} bytes, more than libpcap (DPDK's capture reader) takes \
-             ({LIBPCAP_MAX_RECORD})",
+             ({})",
             i + 1,
-            r.data.len()
+            r.data.len(),
+            pcap::MAX_RECORD
         )));
     }
     let cut = cap
@@ -568,13 +661,53 @@ fn human_rate(bps: u64) -> String {
 mod tests {
     use super::*;
 
+    /// net_pcap ignores its write errors: what it wrote is checked against what the
+    /// workers sent before the output is written.
+    #[test]
+    fn a_short_worker_output_is_an_error_and_the_output_stays_unwritten() {
+        let base = std::env::temp_dir().join(format!("qosgw-wo-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let output = base.join("out.pcap");
+        let scratch = scratch_dir(&output).unwrap();
+        assert_eq!(scratch.parent(), Some(base.as_path()), "beside the output");
+        let files = WorkerFiles {
+            inputs: vec![],
+            outputs: vec![scratch.join("out0.pcap")],
+            frames: vec![2],
+            scratch,
+        };
+        let frame = |b: u8| Record {
+            ts_ns: u64::from(b),
+            data: vec![b; 60],
+            orig_len: 60,
+        };
+        pcap::write_file(&files.outputs[0], true, &[frame(1), frame(2)]).unwrap();
+        let err = files.write_output(&output, 3).unwrap_err();
+        assert!(err.contains("net_pcap wrote 2 of the 3 frames"), "{err}");
+        let mut cut = std::fs::read(&files.outputs[0]).unwrap();
+        cut.truncate(cut.len() - 1);
+        std::fs::write(&files.outputs[0], cut).unwrap();
+        let err = files.write_output(&output, 2).unwrap_err();
+        assert!(err.contains("net_pcap wrote 1 of the 2 frames"), "{err}");
+        assert!(!output.exists());
+
+        pcap::write_file(&files.outputs[0], true, &[frame(1), frame(2)]).unwrap();
+        files.write_output(&output, 2).unwrap();
+        assert_eq!(
+            pcap::read_file(&output).unwrap().records,
+            [frame(1), frame(2)]
+        );
+        drop(files);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     #[test]
     fn a_stalled_capture_reader_stops_the_replay_with_an_error() {
         let counters = Arc::new(WorkerCounters::default());
         counters.rx_packets[0].add(3);
         let stop = Arc::new(AtomicBool::new(false));
         let limit = Duration::from_millis(300);
-        let watch = StallWatch::start(vec![counters.clone()], 10, stop.clone(), limit);
+        let mut watch = StallWatch::start(vec![counters.clone()], 10, stop.clone(), limit);
         let t0 = Instant::now();
         while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(20));
@@ -584,21 +717,17 @@ mod tests {
             "no stop after {:?}",
             t0.elapsed()
         );
-        let err = watch.finish().expect_err("a stall is an error");
-        assert!(
-            err.contains("delivered 3 of the input's 10 frames"),
-            "{err}"
-        );
+        assert!(matches!(watch.stop(), Some(Stopped::Stalled(3))));
 
         // Frames still held by the shapers, or all of them received: no stall.
         let stop = Arc::new(AtomicBool::new(false));
         counters.shaper_backlog_packets.set(1);
-        let watch = StallWatch::start(vec![counters.clone()], 10, stop.clone(), limit);
+        let mut watch = StallWatch::start(vec![counters.clone()], 10, stop.clone(), limit);
         std::thread::sleep(4 * limit);
         counters.shaper_backlog_packets.set(0);
         counters.rx_packets[0].add(7);
         std::thread::sleep(4 * limit);
         assert!(!stop.load(Ordering::Relaxed));
-        watch.finish().expect("no stall");
+        assert!(watch.stop().is_none(), "no stall");
     }
 }

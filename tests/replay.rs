@@ -216,6 +216,50 @@ fn a_capture_cut_short_is_replayed_to_the_cut() {
     assert_eq!(read_capture(&output).len(), whole);
 }
 
+/// Ctrl-C stops a replay: one line, exit 1, the output not written, no scratch files left.
+#[test]
+fn an_interrupted_replay_writes_nothing_and_cleans_up() {
+    let dir = Scratch::new("interrupted");
+    let input = dir.path("in.pcap");
+    // 200 frames of 1 000 bytes through a 100 kb/s throttle: 16 s of pacing.
+    let frame = Packet::new(
+        ip("10.1.1.20"),
+        ip("10.20.0.5"),
+        L4::Tcp {
+            src: 40000,
+            dst: 873,
+            flags: TCP_ACK,
+        },
+    )
+    .payload(1000 - 54)
+    .build();
+    write_capture(&input, &vec![frame; 200]);
+    let policies = dir.path("p.json");
+    std::fs::write(
+        &policies,
+        r#"{"policies":[{"name":"slow","dst_port":873,"throttle":"100kbps"}]}"#,
+    )
+    .unwrap();
+    let output = dir.path("out.pcap");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_qosgw"));
+    cmd.args(["replay", "--policies", policies.to_str().unwrap(), "--in"])
+        .args([input.to_str().unwrap(), "--out", output.to_str().unwrap()]);
+    let mut child = ChildGuard::spawn(cmd, dir.path("log"));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    send_signal(child.pid(), "INT");
+    let status = child.wait_for(std::time::Duration::from_secs(5));
+    let log = child.output();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(log.contains("interrupted by a signal"), "{log}");
+    assert!(!output.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path(""))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".qosgw-replay"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// The output is written only once the replay succeeded: a replay refused for any reason
 /// leaves an existing output as it was, and one onto its own input is refused.
 #[test]

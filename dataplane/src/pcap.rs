@@ -74,6 +74,39 @@ impl From<io::Error> for PcapError {
     }
 }
 
+/// The longest record any capture holds (libpcap's largest snap length).
+pub const MAX_RECORD: usize = 262_144;
+
+/// How many records a classic pcap file holds, read strictly (a cut is an error) without
+/// holding it in memory: to check a capture that another writer made (net_pcap does not
+/// report its write errors).
+pub fn count_records(path: &Path) -> Result<u64, PcapError> {
+    let mut r = io::BufReader::new(File::open(path)?);
+    let mut head = [0u8; 24];
+    r.read_exact(&mut head).map_err(|_| PcapError::NotPcap)?;
+    let magic = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
+    let le = match (magic, magic.swap_bytes()) {
+        (MAGIC_USEC | MAGIC_NSEC, _) => true,
+        (_, MAGIC_USEC | MAGIC_NSEC) => false,
+        _ => return Err(PcapError::NotPcap),
+    };
+    let mut n = 0u64;
+    loop {
+        let mut hdr = [0u8; 16];
+        match r.read(&mut hdr[..1])? {
+            0 => return Ok(n),
+            _ => r
+                .read_exact(&mut hdr[1..])
+                .map_err(|_| PcapError::Truncated { record: n as usize })?,
+        }
+        let caplen = u64::from(Endian(le).u32(&hdr[8..12]));
+        if io::copy(&mut (&mut r).take(caplen), &mut io::sink())? < caplen {
+            return Err(PcapError::Truncated { record: n as usize });
+        }
+        n += 1;
+    }
+}
+
 /// Reads a whole capture file; one cut short in a record is an error.
 pub fn read_file(path: &Path) -> Result<Capture, PcapError> {
     whole(read_file_to_cut(path)?)
@@ -133,6 +166,13 @@ pub fn parse_to_cut(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError>
         let caplen = rd.u32(&hdr[8..12]) as usize;
         let orig_len = rd.u32(&hdr[12..16]);
         let Some(data) = bytes.get(at + 16..at + 16 + caplen) else {
+            // Data that runs out is a cut; a length no capture holds is corruption.
+            if caplen > MAX_RECORD {
+                return Err(PcapError::Corrupt(format!(
+                    "record {} claims {caplen} bytes",
+                    records.len() + 1
+                )));
+            }
             cut = Some(records.len());
             break;
         };
@@ -177,6 +217,11 @@ fn parse_pcapng(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError> {
             )));
         }
         let Some(block) = bytes.get(at..at + len) else {
+            if len > MAX_RECORD + 64 {
+                return Err(PcapError::Corrupt(format!(
+                    "block of length {len} at byte {at}"
+                )));
+            }
             cut = Some(record);
             break;
         };
@@ -384,5 +429,23 @@ mod tests {
             let (cap, cut) = parse_to_cut(&buf[..cut_at]).unwrap();
             assert_eq!((cap.records, cut), (vec![rec(0, &[1, 2])], Some(1)));
         }
+        // A length no capture holds is corruption, not a cut.
+        let mut bad = buf.clone();
+        let second = 24 + 16 + 2;
+        bad[second + 8..second + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(parse_to_cut(&bad), Err(PcapError::Corrupt(_))));
+
+        // Counted strictly, without holding the file.
+        let dir = std::env::temp_dir().join(format!("qosgw-pcap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.pcap");
+        std::fs::write(&file, &buf).unwrap();
+        assert_eq!(count_records(&file).unwrap(), 2);
+        std::fs::write(&file, &buf[..buf.len() - 1]).unwrap();
+        assert!(matches!(
+            count_records(&file),
+            Err(PcapError::Truncated { record: 1 })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
