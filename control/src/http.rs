@@ -9,9 +9,10 @@
 //! at most [`MAX_HEAD`] bytes and must arrive within [`REQUEST_TIMEOUT`] in
 //! total (a client that sends nothing, or one byte at a time, holds its
 //! thread no longer than that); a request body (ignored) may be at most
-//! [`MAX_BODY`] bytes and must arrive within the same deadline; after the
-//! answer, what the client still sends is drained for at most
-//! [`DRAIN_TIME`].
+//! [`MAX_BODY`] bytes and must arrive within the same deadline; the
+//! answer must be read within [`WRITE_TIME`]; after it, what the client
+//! still sends is drained for at most [`DRAIN_TIME`]. At most
+//! [`MAX_HANDLERS`] requests are handled (rendered) at once.
 //!
 //! `HEAD` is answered like `GET` without the body. A `405` carries an
 //! `Allow` header. Answers the server gives by itself: `400` for a request
@@ -36,6 +37,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DRAIN_TIME: Duration = Duration::from_millis(200);
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to read its whole answer.
+pub const WRITE_TIME: Duration = Duration::from_secs(10);
 /// How often `serve` looks at its stop flag when no client connects.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -178,9 +181,7 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, handler: &dyn Fn(&Request) ->
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     // Accepted sockets may inherit the listener's non-blocking mode on some
     // systems; timeouts need a blocking socket.
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_write_timeout(Some(REQUEST_TIMEOUT)).is_err()
-    {
+    if stream.set_nonblocking(false).is_err() {
         return;
     }
     let _ = stream.set_nodelay(true);
@@ -193,7 +194,10 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, handler: &dyn Fn(&Request) ->
                 method,
                 peer,
             };
-            let resp = handler(&req);
+            let resp = {
+                let _turn = HANDLERS.enter();
+                handler(&req)
+            };
             let allow = if resp.status == 405 {
                 allowed_methods(&req.path)
             } else {
@@ -223,7 +227,7 @@ fn finish(mut stream: TcpStream, resp: &Response, allow: Option<&str>, head_only
     if !head_only {
         out.push_str(&resp.body);
     }
-    if stream.write_all(out.as_bytes()).is_err() {
+    if write_by(&mut stream, out.as_bytes(), Instant::now() + WRITE_TIME).is_err() {
         return;
     }
     // Close gracefully: send FIN, then drain briefly whatever the client
@@ -359,6 +363,65 @@ fn read_some(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> io::R
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             r => return r,
         }
+    }
+}
+
+/// Writes all of `bytes` before `deadline` (a socket's write timeout bounds each write
+/// call, not the whole: a client that reads a few bytes at a time would hold its
+/// connection for ever).
+fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// At most this many handlers run at once, whatever the connections: rendering `/metrics`
+/// for many policies takes a while, and the control CPUs may be few.
+pub const MAX_HANDLERS: usize = 4;
+static HANDLERS: Turns = Turns::new(MAX_HANDLERS);
+
+/// A counting semaphore.
+struct Turns {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Turns {
+    const fn new(n: usize) -> Turns {
+        Turns {
+            free: std::sync::Mutex::new(n),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Waits for a turn; it ends when the guard is dropped.
+    fn enter(&self) -> Turn<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Turn(self)
+    }
+}
+
+struct Turn<'a>(&'a Turns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
     }
 }
 
