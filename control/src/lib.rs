@@ -105,7 +105,15 @@ pub const MAX_FILE_LEN: u64 = 64 << 20;
 /// reload and the shutdown) until someone writes to it, and `/dev/zero` would fill memory.
 fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
-    let meta = std::fs::metadata(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    /// Linux's `O_NONBLOCK`: opening a FIFO does not wait for a writer (the type is
+    /// checked on the open file, so a FIFO renamed into place in between is seen too).
+    const O_NONBLOCK: i32 = 0o4000;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
         let kind = if meta.is_dir() {
             "a directory"
@@ -124,9 +132,7 @@ fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         return Err(too_long());
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(too_long());
     }
