@@ -324,20 +324,25 @@ impl Publisher {
         generation: u64,
         registry: &mut StatsRegistry,
     ) -> Result<PolicySet, String> {
+        // Every throttle is checked before anything is registered: a set that fails
+        // changes nothing (no counters, no shapers).
+        let configs = table
+            .policies()
+            .iter()
+            .map(|p| {
+                let Some(t) = &p.throttle else {
+                    return Ok(None);
+                };
+                let (hz, max_delay) = (self.settings.tsc_hz, self.settings.max_delay_cycles);
+                ShaperConfig::from_throttle(t, hz, max_delay)
+                    .map(|cfg| Some((t.scope, cfg)))
+                    .map_err(|e| format!("policy \"{}\": throttle: {e}", p.name))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let mut actions = Vec::with_capacity(table.len());
-        for p in table.policies() {
-            let shaper = match &p.throttle {
-                Some(t) => {
-                    let cfg = ShaperConfig::from_throttle(
-                        t,
-                        self.settings.tsc_hz,
-                        self.settings.max_delay_cycles,
-                    )
-                    .map_err(|e| format!("policy \"{}\": throttle: {e}", p.name))?;
-                    Some(Box::new(self.shapers.shaper_for(&p.name, t.scope, cfg)))
-                }
-                None => None,
-            };
+        for (p, config) in table.policies().iter().zip(configs) {
+            let shaper =
+                config.map(|(scope, cfg)| Box::new(self.shapers.shaper_for(&p.name, scope, cfg)));
             let stats = registry.in_force(&p.name, self.workers);
             actions.push(Actions {
                 dscp: p.dscp,
@@ -441,6 +446,28 @@ mod tests {
             "a's counters carried over"
         );
         assert_eq!(p.all_stats().len(), 2);
+    }
+
+    /// A set that cannot be published changes nothing: no counters appear for its names.
+    #[test]
+    fn a_failed_publish_registers_nothing() {
+        // A TSC no shaper can count in: every throttle fails.
+        let settings = ShaperSettings {
+            tsc_hz: 1,
+            max_delay_cycles: u64::MAX,
+        };
+        let p = Publisher::new(
+            table(r#"{"policies":[{"name":"a","dscp":10}]}"#),
+            1,
+            settings,
+        )
+        .unwrap();
+        let bad = table(r#"{"policies":[{"name":"x","dscp":1},{"name":"y","throttle":"1Mbps"}]}"#);
+        let err = p.publish(bad).unwrap_err();
+        assert!(err.starts_with("policy \"y\": throttle:"), "{err}");
+        let names: Vec<String> = p.all_stats().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(p.generation(), 1);
     }
 
     /// Removed policies' counters stay a while (frozen), then go; at most
