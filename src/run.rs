@@ -84,6 +84,15 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     result
 }
 
+/// Raises a stop flag when dropped.
+struct RaiseOnDrop(Arc<AtomicBool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How long a stopping gateway waits for its control thread.
 const CONTROL_STOP_LIMIT: Duration = Duration::from_secs(3);
 
@@ -128,6 +137,8 @@ fn start(
     };
     let gateway = Gateway::new(&eal, &gcfg, &publisher).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
+    // However this ends, the control thread is told to stop too.
+    let _raise = RaiseOnDrop(stop.clone());
     let ctx = ControlContext {
         publisher: publisher.clone(),
         workers: gateway.counters().to_vec(),

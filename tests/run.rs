@@ -644,7 +644,7 @@ fn reload_scene(name: &str) -> (Scratch, [String; 2], PathBuf) {
 #[test]
 fn a_sighup_while_starting_does_not_kill_the_gateway() {
     let (dir, vdevs, policies) = reload_scene("run-early-hup");
-    let many: Vec<Value> = (0..20_000u32)
+    let many: Vec<Value> = (0..50_000u32)
         .map(|i| {
             json!({ "name": format!("p{i}"), "protocol": "udp",
                     "dst_prefix": format!("10.{}.{}.0/24", i / 256, i % 256), "dscp": 8 })
@@ -654,11 +654,26 @@ fn a_sighup_while_starting_does_not_kill_the_gateway() {
     let listen = free_loopback();
     let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
     let mut gw = Gateway::spawn(&config, listen, dir.path("qosgw.log"));
-    std::thread::sleep(Duration::from_millis(100));
+    // As soon as qosgw catches SIGHUP, or at the latest 250 ms in (it takes longer to
+    // load 50 000 policies, and catching SIGHUP only after that is the bug).
+    let t0 = Instant::now();
+    while !catches_sighup(gw.proc.pid()) && t0.elapsed() < Duration::from_millis(250) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     gw.proc.signal("HUP");
     gw.wait_ready();
     let (status, _, log) = gw.terminate("TERM", Duration::from_secs(5));
     assert!(status.success(), "{status}\n{log}");
+}
+
+/// Whether process `pid` has a handler for SIGHUP (`SigCgt` in /proc/PID/status).
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
 }
 
 /// The policy file is watched from before it is first read: a change while the gateway

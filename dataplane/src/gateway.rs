@@ -184,8 +184,9 @@ impl<'e> Gateway<'e> {
             eal.wait(lcore);
         }
         let stats = [ports[0].stats(), ports[1].stats()];
-        // The workers (and their queue handles) are gone: these are the last references,
-        // so the ports stop and close here.
+        // The workers (and their queue handles) are gone: unless a control thread still
+        // holds the ports (for their statistics), these are the last references, and the
+        // ports stop and close here.
         drop(ports);
         Ok(RunReport {
             workers: counters,
