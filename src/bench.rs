@@ -270,6 +270,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         pipeline,
         lossless: false,
         passthrough: args.passthrough,
+        steer: false,
     };
     // Throttled flows are replayed far above their rate: SPEC §3's default delay limit keeps
     // the shapers' backlog bounded.

@@ -79,6 +79,7 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
         data_room: pool.data_room,
         lossless: true,
         passthrough: false,
+        steer: false,
         pipeline,
     };
     // The whole input is at hand: nothing is dropped for delay unless asked (SPEC §4).

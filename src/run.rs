@@ -133,6 +133,7 @@ fn start(
         data_room: GatewayConfig::JUMBO_DATA_ROOM,
         lossless: false,
         passthrough: false,
+        steer: cfg.workers > 1,
         pipeline,
     };
     let gateway = Gateway::new(&eal, &gcfg, &publisher).map_err(|e| e.to_string())?;

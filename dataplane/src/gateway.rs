@@ -7,6 +7,7 @@ use crate::counters::WorkerCounters;
 use crate::dpdk::{DpdkError, DriverSignalsBlocked, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN};
 use crate::pipeline::{Pipeline, PipelineConfig, Side};
 use crate::policy_set::Publisher;
+use crate::steering;
 use crate::worker::{StopWhen, Worker, WorkerQueues, BURST};
 
 /// Which devices to use and how many workers.
@@ -27,6 +28,10 @@ pub struct GatewayConfig {
     pub lossless: bool,
     /// Forward without processing: the baseline loop of `qosgw bench --passthrough`.
     pub passthrough: bool,
+    /// Hand each frame to the worker that owns its inside host ([`crate::steering`]), for
+    /// devices that spread flows over queues by a hash of their own (`run`). Replay and
+    /// bench split their input by owner already.
+    pub steer: bool,
 }
 
 impl GatewayConfig {
@@ -106,7 +111,12 @@ impl<'e> Gateway<'e> {
             .into_iter()
             .zip(inside.tx)
             .zip(outside.rx.into_iter().zip(outside.tx));
+        let inboxes = steering::inboxes(cfg.workers);
         for (id, ((rx_i, tx_i), (rx_o, tx_o))) in queues.enumerate() {
+            if cfg.steer && cfg.workers > 1 {
+                steering::install(&rx_i, id, Side::Inside, &inboxes)?;
+                steering::install(&rx_o, id, Side::Outside, &inboxes)?;
+            }
             let c = Arc::new(WorkerCounters::default());
             let q = WorkerQueues {
                 rx: [rx_i, rx_o],
@@ -126,6 +136,7 @@ impl<'e> Gateway<'e> {
             if cfg.passthrough {
                 worker.passthrough();
             }
+
             workers.push(worker);
             counters.push(c);
         }

@@ -22,4 +22,6 @@ pub mod dpdk;
 #[cfg(feature = "dpdk")]
 pub mod gateway;
 #[cfg(feature = "dpdk")]
+pub mod steering;
+#[cfg(feature = "dpdk")]
 pub mod worker;

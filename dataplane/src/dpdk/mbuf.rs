@@ -119,6 +119,17 @@ impl Mbuf {
         v
     }
 
+    /// Takes ownership of a packet DPDK handed over (in an RX callback).
+    ///
+    /// # Safety
+    /// `raw` is a valid mbuf that nothing else owns or will free.
+    #[inline]
+    pub(crate) unsafe fn from_raw(raw: *mut dpdk_sys::rte_mbuf) -> Mbuf {
+        Mbuf {
+            raw: NonNull::new(raw).expect("an RX burst hands over non-null mbufs"),
+        }
+    }
+
     /// Gives up ownership, for handing the packet to a TX queue.
     #[inline]
     pub(crate) fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {

@@ -237,6 +237,29 @@ impl RxQueue {
     pub fn port(&self) -> &Arc<Port> {
         &self.port
     }
+
+    /// Registers `callback` to run on every RX burst of this queue, with `param`.
+    ///
+    /// # Safety
+    /// `callback` must be an `rte_rx_callback_fn` that is sound for this queue's packets
+    /// with `param`, and `param` must stay valid while the port exists; the queue must
+    /// not be polled while this runs.
+    pub(crate) unsafe fn add_callback(
+        &self,
+        callback: dpdk_sys::rte_rx_callback_fn,
+        param: *mut std::ffi::c_void,
+    ) -> Result<(), DpdkError> {
+        // SAFETY: as the caller promises; the port and queue exist (we hold the port).
+        let added =
+            unsafe { dpdk_sys::rte_eth_add_rx_callback(self.port.id, self.queue, callback, param) };
+        if added.is_null() {
+            return Err(DpdkError::from_errno(format!(
+                "adding an RX callback to {} queue {}",
+                self.port.name, self.queue
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl TxQueue {
