@@ -186,6 +186,7 @@ impl Controller {
                     rx_missed: s.rx_missed,
                     no_mbuf: s.rx_no_mbuf,
                     tx_full: total(&|c| c.tx_full[side.index()].get()),
+                    handoff_full: total(&|c| c.handed_dropped[side.index()].get()),
                 }
             })
             .collect();

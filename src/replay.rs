@@ -314,7 +314,7 @@ fn memory_budget() -> usize {
 
 /// The capture files each worker reads and writes, in a scratch directory: with one worker
 /// it reads the user's input; with several, the input is split by flow hash (every flow on
-/// one worker, as RSS would do). The user's output is written from the workers' outputs at
+/// one worker, as `run`'s steering does). The user's output is written from the workers' outputs at
 /// the end, checked and merged by transmit time, so that it is only touched once the
 /// replay succeeded (net_pcap does not report its write errors).
 struct WorkerFiles {

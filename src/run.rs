@@ -174,6 +174,15 @@ fn start(
         .iter()
         .map(|w| w.shaper_stop_dropped.get())
         .sum();
+    let handed: u64 = (report.workers.iter())
+        .flat_map(|w| w.handed_dropped.iter().map(|c| c.get()))
+        .sum();
+    if handed > 0 {
+        errln!(
+            "qosgw: {handed} frames were dropped between workers (an owner's inbox was full, \
+             or it had stopped)"
+        );
+    }
     errln!(
         "qosgw: stopped; {} frames in, {} out, {held} shaped frames still held were dropped",
         report.ports[0].rx_packets + report.ports[1].rx_packets,

@@ -48,6 +48,9 @@ pub struct PortMetrics {
     pub tx_full: u64,
     /// Dropped with `reason="no_mbuf"`.
     pub no_mbuf: u64,
+    /// Dropped with `reason="handoff_full"`: received here for another worker whose
+    /// inbox was full (`run` with several workers).
+    pub handoff_full: u64,
 }
 
 /// One policy's counters, summed over the workers.
@@ -181,7 +184,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
     .map(|(name, help)| f.counter_vec(name, help, &["port"]));
     let port_dropped = f.counter_vec(
         "qosgw_port_dropped_packets_total",
-        "Frames dropped at the port: rx_missed (the NIC's RX queue was full), tx_full (the TX queue was full), no_mbuf (no packet buffer for RX).",
+        "Frames dropped at the port: rx_missed (the NIC's RX queue was full), tx_full (the TX queue was full), no_mbuf (no packet buffer for RX), handoff_full (the worker that owns the frame's inside host was too busy to take it).",
         &["port", "reason"],
     );
     for p in &s.ports {
@@ -193,6 +196,7 @@ pub fn render(s: &MetricsSnapshot) -> String {
             ("rx_missed", p.rx_missed),
             ("tx_full", p.tx_full),
             ("no_mbuf", p.no_mbuf),
+            ("handoff_full", p.handoff_full),
         ] {
             port_dropped
                 .with_label_values(&[p.port.as_str(), reason])
@@ -421,6 +425,7 @@ mod tests {
                     rx_missed: 3,
                     tx_full: 0,
                     no_mbuf: 1,
+                    handoff_full: 7,
                 },
                 PortMetrics {
                     port: "outside".into(),
@@ -557,6 +562,7 @@ mod tests {
             ("inside", "rx_missed", 3.0),
             ("inside", "tx_full", 0.0),
             ("inside", "no_mbuf", 1.0),
+            ("inside", "handoff_full", 7.0),
             ("outside", "rx_missed", 0.0),
             ("outside", "tx_full", 0.0),
             ("outside", "no_mbuf", 0.0),

@@ -103,6 +103,9 @@ pub struct WorkerCounters {
     pub shaper_backlog_bytes: Gauge,
     /// Shaped packets still held when `run` stopped: freed, counted here.
     pub shaper_stop_dropped: Counter,
+    /// Frames received on a side for another worker (steering, `run` with several
+    /// workers) and dropped because its inbox was full, or still in it at the stop.
+    pub handed_dropped: [Counter; 2],
     pub polls: Counter,
     pub busy_polls: Counter,
 }

@@ -52,6 +52,8 @@ pub struct Gateway<'e> {
     ports: [Arc<Port>; 2],
     workers: Vec<Worker>,
     counters: Vec<Arc<WorkerCounters>>,
+    /// With steering: every worker's inboxes, emptied (and counted) after the stop.
+    inboxes: Option<steering::Inboxes>,
 }
 
 impl<'e> Gateway<'e> {
@@ -111,13 +113,13 @@ impl<'e> Gateway<'e> {
             .into_iter()
             .zip(inside.tx)
             .zip(outside.rx.into_iter().zip(outside.tx));
-        let inboxes = steering::inboxes(cfg.workers);
+        let inboxes = (cfg.steer && cfg.workers > 1).then(|| steering::inboxes(cfg.workers));
         for (id, ((rx_i, tx_i), (rx_o, tx_o))) in queues.enumerate() {
-            if cfg.steer && cfg.workers > 1 {
-                steering::install(&rx_i, id, Side::Inside, &inboxes)?;
-                steering::install(&rx_o, id, Side::Outside, &inboxes)?;
-            }
             let c = Arc::new(WorkerCounters::default());
+            if let Some(inboxes) = &inboxes {
+                steering::install(&rx_i, id, Side::Inside, inboxes, &c)?;
+                steering::install(&rx_o, id, Side::Outside, inboxes, &c)?;
+            }
             let q = WorkerQueues {
                 rx: [rx_i, rx_o],
                 tx: [tx_i, tx_o],
@@ -145,6 +147,7 @@ impl<'e> Gateway<'e> {
             ports: [inside.port, outside.port],
             workers,
             counters,
+            inboxes,
         })
     }
 
@@ -168,6 +171,7 @@ impl<'e> Gateway<'e> {
             ports,
             mut workers,
             counters,
+            inboxes,
         } = self;
         assert_eq!(stops.len(), workers.len(), "one stop condition per worker");
         let lcores = eal.worker_lcores();
@@ -193,6 +197,10 @@ impl<'e> Gateway<'e> {
         drop(first);
         for lcore in launched {
             eal.wait(lcore);
+        }
+        // Frames handed between workers and not yet taken: freed while their pool lives.
+        if let Some(inboxes) = &inboxes {
+            steering::drain(inboxes, &counters[0]);
         }
         let stats = [ports[0].stats(), ports[1].stats()];
         // The workers (and their queue handles) are gone: unless a control thread still

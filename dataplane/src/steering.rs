@@ -2,24 +2,26 @@
 //! workers.
 //!
 //! `throttle_per: host` shapers are per worker, so every flow of an inside host must meet
-//! on one worker ([`distribute::worker_for`] names it) for the host to be held to its
-//! rate. replay and bench split their input that way; a live device does not: net_tap
-//! (and a NIC's RSS) spreads flows over queues by a hash of the whole 5-tuple, so one
-//! host's flows reach several workers, each of which gave the host its full rate.
+//! on one worker ([`worker_for`] names it) for the host to be held to its rate. replay and
+//! bench split their input that way; a live device does not: net_tap (and a NIC's RSS)
+//! spreads flows over queues by a hash of the whole 5-tuple, so one host's flows reach
+//! several workers, each of which gave the host its full rate.
 //!
 //! An RX callback on each worker's queues (run inside the RX burst, so the worker's own
 //! loop is untouched) hands the frames of other workers' hosts, unprocessed, to their
-//! owner's inbox for the side they came in on, and fills the burst up with what other
-//! workers handed to this one. Each flow comes in on one queue, so it stays in order.
-//! When an inbox is full, the frame stays with the worker that received it (it is
-//! processed in full; only its host's rate may then be exceeded). Frames are counted by
-//! the worker that processes them, so the port totals (sums over workers) are unchanged.
+//! owner's inbox for the side they came in on. The owner's callback gives its burst what
+//! waits in its inbox first: while the inbox holds anything, the owner's own frames join
+//! its tail, so that no frame overtakes an earlier one of its flow, whichever queue each
+//! came in on (net_tap moves a flow to the queue its replies leave on). A frame that finds
+//! an inbox full is dropped and counted (`qosgw_port_dropped_packets_total{reason="handoff_full"}`): the worker it is for is
+//! overloaded. Frames are counted (received) by the worker that processes them.
 
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
+use crate::counters::WorkerCounters;
 use crate::distribute::worker_for;
 use crate::dpdk::{DpdkError, Mbuf, RxQueue};
 use crate::pipeline::Side;
@@ -43,19 +45,45 @@ struct Hook {
     me: usize,
     side: Side,
     inboxes: Inboxes,
+    /// Counts frames dropped for a full inbox.
+    counters: Arc<WorkerCounters>,
 }
 
-/// Makes worker `me`'s RX queue `rx` (on `side`) steer through `inboxes`. The callback's
-/// state lives as long as the process (a gateway runs once per process).
-pub fn install(rx: &RxQueue, me: usize, side: Side, inboxes: &Inboxes) -> Result<(), DpdkError> {
+/// Makes worker `me`'s RX queue `rx` (on `side`) steer through `inboxes`, counting into
+/// `counters`. The callback's state lives as long as the process (a gateway runs once per
+/// process).
+pub(crate) fn install(
+    rx: &RxQueue,
+    me: usize,
+    side: Side,
+    inboxes: &Inboxes,
+    counters: &Arc<WorkerCounters>,
+) -> Result<(), DpdkError> {
+    // The callback must not panic (it runs inside C): every index it takes is checked here.
+    assert!(me < inboxes.len(), "worker {me} has no inbox");
     let hook = Box::leak(Box::new(Hook {
         me,
         side,
         inboxes: inboxes.clone(),
+        counters: counters.clone(),
     }));
     // SAFETY: `steer` matches rte_rx_callback_fn, and `hook` is valid for the rest of the
     // process; the queue is not polled yet (the workers start later).
     unsafe { rx.add_callback(Some(steer), (hook as *mut Hook).cast::<c_void>()) }
+}
+
+/// Frees what the inboxes still hold once every worker has stopped, counting it into
+/// `counters` (the receiving side's count: which worker received a frame is not kept).
+pub(crate) fn drain(inboxes: &Inboxes, counters: &WorkerCounters) {
+    for inbox in inboxes.iter() {
+        for (side, queue) in inbox.iter().enumerate() {
+            let mut n = 0;
+            while queue.pop().is_some() {
+                n += 1;
+            }
+            counters.handed_dropped[side].add(n);
+        }
+    }
 }
 
 /// The RX callback: `pkts[..nb]` came in, there is room for `max`.
@@ -78,29 +106,47 @@ unsafe extern "C" fn steer(
         // SAFETY: at < max, room the caller provides.
         unsafe { pkts.add(at).write(m.into_raw()) }
     };
-    let workers = hook.inboxes.len();
+    let (side, workers) = (hook.side.index(), hook.inboxes.len());
+    let mine = &hook.inboxes[hook.me][side];
+    let mut dropped = 0;
+    let mut hand = |inbox: &ArrayQueue<Mbuf>, m: Mbuf| {
+        if inbox.push(m).is_err() {
+            dropped += 1;
+        }
+    };
+    // Own frames stay in place (compacted, in order); the others go to their owners.
     let mut kept = 0;
     for i in 0..usize::from(nb) {
         // SAFETY: pkts[..nb] are received packets, each now owned here.
-        let m = unsafe { Mbuf::from_raw(pkts.add(i).read()) };
-        let owner = worker_for(m.data(), hook.side.is_inbound(), workers);
-        let m = if owner == hook.me {
-            m
-        } else {
-            match hook.inboxes[owner][hook.side.index()].push(m) {
-                Ok(()) => continue,
-                Err(m) => m,
-            }
+        let Some(m) = (unsafe { Mbuf::from_raw(pkts.add(i).read()) }) else {
+            continue;
         };
-        // kept <= i: the slot was read already.
-        put(kept, m);
-        kept += 1;
+        let owner = worker_for(m.data(), hook.side.is_inbound(), workers);
+        if owner == hook.me {
+            // kept <= i: the slot was read already.
+            put(kept, m);
+            kept += 1;
+        } else {
+            hand(&hook.inboxes[owner][side], m);
+        }
     }
-    let inbox = &hook.inboxes[hook.me][hook.side.index()];
-    while kept < usize::from(max) {
-        let Some(m) = inbox.pop() else { break };
-        put(kept, m);
-        kept += 1;
+    if !mine.is_empty() {
+        // What waits in the inbox goes first, own frames behind it.
+        for i in 0..kept {
+            // SAFETY: pkts[..kept] hold the own frames just put there.
+            if let Some(m) = unsafe { Mbuf::from_raw(pkts.add(i).read()) } {
+                hand(mine, m);
+            }
+        }
+        kept = 0;
+        while kept < usize::from(max) {
+            let Some(m) = mine.pop() else { break };
+            put(kept, m);
+            kept += 1;
+        }
+    }
+    if dropped > 0 {
+        hook.counters.handed_dropped[side].add(dropped);
     }
     kept as u16
 }

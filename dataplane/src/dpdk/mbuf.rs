@@ -119,15 +119,14 @@ impl Mbuf {
         v
     }
 
-    /// Takes ownership of a packet DPDK handed over (in an RX callback).
+    /// Takes ownership of a packet DPDK handed over (in an RX callback); `None` for a
+    /// null pointer.
     ///
     /// # Safety
-    /// `raw` is a valid mbuf that nothing else owns or will free.
+    /// `raw` is null or a valid mbuf that nothing else owns or will free.
     #[inline]
-    pub(crate) unsafe fn from_raw(raw: *mut dpdk_sys::rte_mbuf) -> Mbuf {
-        Mbuf {
-            raw: NonNull::new(raw).expect("an RX burst hands over non-null mbufs"),
-        }
+    pub(crate) unsafe fn from_raw(raw: *mut dpdk_sys::rte_mbuf) -> Option<Mbuf> {
+        NonNull::new(raw).map(|raw| Mbuf { raw })
     }
 
     /// Gives up ownership, for handing the packet to a TX queue.
