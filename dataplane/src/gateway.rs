@@ -138,7 +138,6 @@ impl<'e> Gateway<'e> {
             if cfg.passthrough {
                 worker.passthrough();
             }
-
             workers.push(worker);
             counters.push(c);
         }

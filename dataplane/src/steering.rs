@@ -13,8 +13,9 @@
 //! waits in its inbox first: while the inbox holds anything, the owner's own frames join
 //! its tail, so that no frame overtakes an earlier one of its flow, whichever queue each
 //! came in on (net_tap moves a flow to the queue its replies leave on). A frame that finds
-//! an inbox full is dropped and counted (`qosgw_port_dropped_packets_total{reason="handoff_full"}`): the worker it is for is
-//! overloaded. Frames are counted (received) by the worker that processes them.
+//! an inbox full is dropped and counted, as `qosgw_port_dropped_packets_total` with
+//! `reason="handoff_full"`: the worker it is for is overloaded. Frames are counted
+//! (received) by the worker that processes them.
 
 use std::ffi::c_void;
 use std::sync::Arc;
