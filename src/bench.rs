@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// the cost of being there.
     #[arg(long)]
     passthrough: bool,
+    /// Steer every frame to the worker that owns its inside host, as `run` does with
+    /// several workers (the input is split by owner already, so this measures the cost
+    /// of choosing the owner).
+    #[arg(long)]
+    steer: bool,
     /// Frame size in bytes (no FCS); frames whose headers are longer are as short as they can be.
     #[arg(long, default_value_t = 60)]
     pkt_size: usize,
@@ -270,7 +275,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         pipeline,
         lossless: false,
         passthrough: args.passthrough,
-        steer: false,
+        steer: args.steer,
     };
     // Throttled flows are replayed far above their rate: SPEC §3's default delay limit keeps
     // the shapers' backlog bounded.
