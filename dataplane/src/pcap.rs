@@ -84,12 +84,7 @@ pub fn count_records(path: &Path) -> Result<u64, PcapError> {
     let mut r = io::BufReader::new(File::open(path)?);
     let mut head = [0u8; 24];
     r.read_exact(&mut head).map_err(|_| PcapError::NotPcap)?;
-    let magic = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
-    let le = match (magic, magic.swap_bytes()) {
-        (MAGIC_USEC | MAGIC_NSEC, _) => true,
-        (_, MAGIC_USEC | MAGIC_NSEC) => false,
-        _ => return Err(PcapError::NotPcap),
-    };
+    let (rd, _) = classic_magic(u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")))?;
     let mut n = 0u64;
     loop {
         let mut hdr = [0u8; 16];
@@ -99,11 +94,23 @@ pub fn count_records(path: &Path) -> Result<u64, PcapError> {
                 .read_exact(&mut hdr[1..])
                 .map_err(|_| PcapError::Truncated { record: n as usize })?,
         }
-        let caplen = u64::from(Endian(le).u32(&hdr[8..12]));
+        let caplen = u64::from(rd.u32(&hdr[8..12]));
         if io::copy(&mut (&mut r).take(caplen), &mut io::sink())? < caplen {
             return Err(PcapError::Truncated { record: n as usize });
         }
         n += 1;
+    }
+}
+
+/// A classic pcap file's byte order and whether its timestamps are in nanoseconds, from
+/// its magic number (read little-endian).
+fn classic_magic(magic: u32) -> Result<(Endian, bool), PcapError> {
+    match (magic, magic.swap_bytes()) {
+        (MAGIC_USEC, _) => Ok((Endian(true), false)),
+        (MAGIC_NSEC, _) => Ok((Endian(true), true)),
+        (_, MAGIC_USEC) => Ok((Endian(false), false)),
+        (_, MAGIC_NSEC) => Ok((Endian(false), true)),
+        _ => Err(PcapError::NotPcap),
     }
 }
 
@@ -141,14 +148,7 @@ pub fn parse_to_cut(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError>
     if magic == PCAPNG_SHB {
         return parse_pcapng(bytes);
     }
-    let (le, nanosecond) = match (magic, magic.swap_bytes()) {
-        (MAGIC_USEC, _) => (true, false),
-        (MAGIC_NSEC, _) => (true, true),
-        (_, MAGIC_USEC) => (false, false),
-        (_, MAGIC_NSEC) => (false, true),
-        _ => return Err(PcapError::NotPcap),
-    };
-    let rd = Endian(le);
+    let (rd, nanosecond) = classic_magic(magic)?;
     if bytes.len() < 24 {
         return Err(PcapError::NotPcap);
     }
