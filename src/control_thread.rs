@@ -54,7 +54,9 @@ pub fn run(ctx: ControlContext) {
     // it: 9 400 times a second during a TCP transfer through taps, 150 once moved.
     if let Some(cpus) = ctx.cpus {
         if let Err(e) = cpus.pin_current_thread() {
-            errln!("qosgw: warning: cannot move the control thread to CPUs {cpus}: {e}");
+            crate::out::warn(&format!(
+                "cannot move the control thread to CPUs {cpus}: {e}"
+            ));
         }
     }
     let listener = match ctx.listener.try_clone() {
@@ -103,7 +105,9 @@ impl Controller {
         // only says what became of the reload. The caller gets the first error either way.
         let result = match control::load_policy_file(path) {
             Ok((table, warnings)) => {
-                warnings.iter().for_each(|w| errln!("qosgw: warning: {w}"));
+                warnings
+                    .iter()
+                    .for_each(|w| crate::out::warn(&w.to_string()));
                 let n = table.len();
                 match self.ctx.publisher.publish(table) {
                     Ok(generation) => Ok((generation, n)),

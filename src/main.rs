@@ -77,7 +77,7 @@ fn load_policies(path: &Path) -> Result<control::PolicyTable, String> {
     match control::load_policy_file(path) {
         Ok((table, warnings)) => {
             for w in warnings {
-                errln!("qosgw: warning: {w}");
+                out::warn(&w.to_string());
             }
             Ok(table)
         }
