@@ -102,6 +102,9 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
             flag: flag.clone(),
         })
         .collect();
+    // SIGINT/SIGTERM stop the workers as in `run`; the output is then not written.
+    crate::signals::stop_on_signal(flag.clone(), None)
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     let watchdog = StallWatch::start(
         gateway.counters().to_vec(),
         files.frames.iter().sum(),
@@ -110,6 +113,9 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     );
     let report = gateway.run(stops).map_err(|e| e.to_string())?;
     watchdog.finish(&report)?;
+    if crate::signals::stop_requested() {
+        return Err("interrupted by a signal; the output was not written".into());
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let summary = Summary::new(&report, &publisher, eal.tsc_hz(), elapsed);
     files.write_output(&args.output, summary.tx_packets)?;
@@ -134,23 +140,17 @@ const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// Watches a replay for a capture reader that stops before the end of the input: the
 /// workers stop once they have received every frame qosgw's own reader counted, and
 /// libpcap may refuse a frame that reader accepted. Rather than wait forever, the replay
-/// stops and says so. It also turns SIGINT/SIGTERM into the workers' stop.
+/// stops and says so.
 struct StallWatch {
-    thread: Option<std::thread::JoinHandle<Option<Stopped>>>,
+    /// Gives how many frames had come when it stopped the replay, if it did.
+    thread: Option<std::thread::JoinHandle<Option<u64>>>,
     done: Arc<AtomicBool>,
     frames: u64,
 }
 
-/// Why a [`StallWatch`] stopped the replay.
-enum Stopped {
-    /// No frame for the limit, with this many received.
-    Stalled(u64),
-    Signal,
-}
-
 impl StallWatch {
     /// Watches the workers counting into `counters` for `frames` in all; raises `stop` if
-    /// none arrives for `limit` while the shapers hold nothing, or on SIGINT/SIGTERM.
+    /// none arrives for `limit` while the shapers hold nothing.
     fn start(
         counters: Vec<Arc<WorkerCounters>>,
         frames: u64,
@@ -163,24 +163,15 @@ impl StallWatch {
             let (mut seen, mut since) = (0, Instant::now());
             while !finished.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
-                let why = if crate::signals::stop_requested() {
-                    Stopped::Signal
-                } else {
-                    let w = counters.iter().map(|c| &**c);
-                    let received =
-                        sum(w.clone(), |c| c.rx_packets[0].get() + c.rx_packets[1].get());
-                    let held = sum(w, |c| c.shaper_backlog_packets.get());
-                    if received != seen || held > 0 || received >= frames {
-                        (seen, since) = (received, Instant::now());
-                        continue;
-                    }
-                    if since.elapsed() <= limit {
-                        continue;
-                    }
-                    Stopped::Stalled(received)
-                };
-                stop.store(true, Ordering::Relaxed);
-                return Some(why);
+                let w = counters.iter().map(|c| &**c);
+                let received = sum(w.clone(), |c| c.rx_packets[0].get() + c.rx_packets[1].get());
+                let held = sum(w, |c| c.shaper_backlog_packets.get());
+                if received != seen || held > 0 || received >= frames {
+                    (seen, since) = (received, Instant::now());
+                } else if since.elapsed() > limit {
+                    stop.store(true, Ordering::Relaxed);
+                    return Some(received);
+                }
             }
             None
         });
@@ -193,24 +184,20 @@ impl StallWatch {
 
     /// After the run (`report`): an error if the watch had to stop it.
     fn finish(mut self, report: &RunReport) -> Result<(), String> {
-        match self.stop() {
-            Some(Stopped::Signal) => {
-                Err("interrupted by a signal; the output was not written".into())
-            }
-            Some(Stopped::Stalled(received)) => {
-                let no_mbuf: u64 = report.ports.iter().map(|p| p.rx_no_mbuf).sum();
-                Err(format!(
-                    "DPDK's capture reader delivered {received} of the input's {} frames and \
-                     then no more ({no_mbuf} lost for want of an mbuf); `tcpdump -r` on the \
-                     input shows whether libpcap stops early",
-                    self.frames
-                ))
-            }
-            None => Ok(()),
-        }
+        let Some(received) = self.stop() else {
+            return Ok(());
+        };
+        let no_mbuf: u64 = report.ports.iter().map(|p| p.rx_no_mbuf).sum();
+        Err(format!(
+            "DPDK's capture reader delivered {received} of the input's {} frames and then no \
+             more ({no_mbuf} lost for want of an mbuf); `tcpdump -r` on the input shows \
+             whether libpcap stops early",
+            self.frames
+        ))
     }
 
-    fn stop(&mut self) -> Option<Stopped> {
+    /// Ends the watch; how many frames had come if it stopped the replay.
+    fn stop(&mut self) -> Option<u64> {
         self.done.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok().flatten())
     }
@@ -718,7 +705,7 @@ mod tests {
             "no stop after {:?}",
             t0.elapsed()
         );
-        assert!(matches!(watch.stop(), Some(Stopped::Stalled(3))));
+        assert_eq!(watch.stop(), Some(3));
 
         // Frames still held by the shapers, or all of them received: no stall.
         let stop = Arc::new(AtomicBool::new(false));
