@@ -39,8 +39,8 @@ pub struct ReplayArgs {
     /// Flows each worker's flow cache holds before it evicts (default 1048576).
     #[arg(long, value_name = "N")]
     flow_capacity: Option<usize>,
-    /// Packet buffers (default: enough to hold the whole input at once, within a quarter of
-    /// the machine's memory). A worker whose shapers hold its share stops reading.
+    /// Packet buffers (default: enough to hold the whole input at once, within a memory
+    /// budget). A worker whose shapers hold its share stops reading.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(16_384..))]
     mbufs: Option<u32>,
     /// Print the summary as one JSON object instead of a table.
@@ -229,10 +229,10 @@ fn eal_args(workers: usize, files: &WorkerFiles, pool: &ReplayPool) -> Result<Ve
 
 /// The packet pool for a replay: mbufs just big enough for the capture's largest frame
 /// (one segment each), and enough of them for every frame to be held at once, as far as
-/// the memory budget goes ([`memory_budget`]). A worker stops receiving while its shapers hold
-/// its share of the pool, which loses nothing but makes the frames behind in the input
-/// wait, unthrottled ones too (SPEC §5 says they never wait behind throttled ones): with
-/// room for the whole input, that only happens to captures beyond the memory budget.
+/// the memory budget goes ([`memory_budget`]). A worker stops receiving while its shapers
+/// hold its share of the pool, which loses nothing but makes the frames behind in the
+/// input wait, unthrottled ones too (SPEC §5 says they never wait behind throttled ones):
+/// with room for the whole input, that only happens to captures beyond the budget.
 struct ReplayPool {
     mbufs: u32,
     data_room: u16,
@@ -300,10 +300,10 @@ fn memory_budget() -> usize {
 }
 
 /// The capture files each worker reads and writes, in a scratch directory: with one worker
-/// it reads the user's input; with several, the input is split by flow hash (every flow on
-/// one worker, as `run`'s steering does). The user's output is written from the workers' outputs at
-/// the end, checked and merged by transmit time, so that it is only touched once the
-/// replay succeeded (net_pcap does not report its write errors).
+/// it reads the user's input; with several, the input is split by inside host (every flow
+/// on one worker, as `run`'s steering does). The user's output is written from the
+/// workers' outputs at the end, checked and merged by transmit time, so that it is only
+/// touched once the replay succeeded (net_pcap does not report its write errors).
 struct WorkerFiles {
     inputs: Vec<PathBuf>,
     outputs: Vec<PathBuf>,
@@ -355,12 +355,13 @@ impl WorkerFiles {
                 output.display()
             )
         };
-        let unreadable = |o: &Path, e: pcap::PcapError| match e {
-            pcap::PcapError::Truncated { record } => short(record as u64),
+        // `before`: frames in the workers' files read before `o`.
+        let unreadable = |o: &Path, before: usize, e: pcap::PcapError| match e {
+            pcap::PcapError::Truncated { record } => short((before + record) as u64),
             e => format!("reading {}: {e}", o.display()),
         };
         if let [only] = &self.outputs[..] {
-            let written = pcap::count_records(only).map_err(|e| unreadable(only, e))?;
+            let written = pcap::count_records(only).map_err(|e| unreadable(only, 0, e))?;
             if written != sent {
                 return Err(short(written));
             }
@@ -375,7 +376,8 @@ impl WorkerFiles {
         }
         let mut all = Vec::new();
         for o in &self.outputs {
-            all.extend(pcap::read_file(o).map_err(|e| unreadable(o, e))?.records);
+            let read = pcap::read_file(o).map_err(|e| unreadable(o, all.len(), e))?;
+            all.extend(read.records);
         }
         if all.len() as u64 != sent {
             return Err(short(all.len() as u64));
@@ -685,6 +687,24 @@ mod tests {
             pcap::read_file(&output).unwrap().records,
             [frame(1), frame(2)]
         );
+        drop(files);
+
+        // Several workers: the count is over all their files.
+        let scratch = scratch_dir(&output).unwrap();
+        let outputs = vec![scratch.join("out0.pcap"), scratch.join("out1.pcap")];
+        pcap::write_file(&outputs[0], true, &[frame(1), frame(2)]).unwrap();
+        let mut cut = Vec::new();
+        pcap::write_to(&mut cut, true, &[frame(3), frame(4)]).unwrap();
+        cut.truncate(cut.len() - 1);
+        std::fs::write(&outputs[1], cut).unwrap();
+        let files = WorkerFiles {
+            inputs: vec![],
+            outputs,
+            frames: vec![2, 2],
+            scratch,
+        };
+        let err = files.write_output(&output, 4).unwrap_err();
+        assert!(err.contains("net_pcap wrote 3 of the 4 frames"), "{err}");
         drop(files);
         std::fs::remove_dir_all(&base).unwrap();
     }
