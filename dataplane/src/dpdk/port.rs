@@ -11,6 +11,10 @@ pub const MAX_FRAME_LEN: u32 = 9216;
 // Function-like macros (RTE_BIT64) that bindgen cannot evaluate; values from rte_ethdev.h.
 const RX_OFFLOAD_SCATTER: u64 = 1 << 13;
 const TX_OFFLOAD_MULTI_SEGS: u64 = 1 << 15;
+/// RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP | RTE_ETH_RSS_SCTP: bits 2 to 13
+/// (IPv4 and IPv6, fragments, TCP, UDP, SCTP, other) and 15 to 17 (IPv6 with extension
+/// headers), hashed on the addresses and, where there are ports, the ports.
+const RSS_IP_TCP_UDP_SCTP: u64 = 0x3_bffc;
 const ETHER_HDR_LEN: u32 = 14;
 const ETHER_CRC_LEN: u32 = 4;
 
@@ -97,6 +101,15 @@ impl Port {
             if info.tx_offload_capa & TX_OFFLOAD_MULTI_SEGS != 0 {
                 conf.txmode.offloads |= TX_OFFLOAD_MULTI_SEGS;
             }
+        }
+        // Several queues: the device spreads flows over them by hash where it can (a NIC's
+        // RSS; net_tap's kernel side spreads by itself, net_pcap has a file per queue).
+        // Which worker then handles a frame is the steering's business, not the hash's.
+        let rss_hf = rss_hash_fields(queues, info.flow_type_rss_offloads);
+        if rss_hf != 0 {
+            conf.rxmode.mq_mode = dpdk_sys::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            // A null key is the driver's default key.
+            conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
         }
         // SAFETY: id is valid; conf is a fully initialised rte_eth_conf.
         let ret = unsafe { dpdk_sys::rte_eth_dev_configure(id, queues, queues, &conf) };
@@ -306,6 +319,16 @@ fn device_info(id: u16, name: &str) -> Result<dpdk_sys::rte_eth_dev_info, DpdkEr
     Ok(info)
 }
 
+/// The RSS hash fields to configure: the IP, TCP, UDP and SCTP types the device can hash
+/// (`capa`, its `flow_type_rss_offloads`) when there are queues to spread over, else none.
+fn rss_hash_fields(queues: u16, capa: u64) -> u64 {
+    if queues > 1 {
+        capa & RSS_IP_TCP_UDP_SCTP
+    } else {
+        0
+    }
+}
+
 /// The MTU a port is configured with: a jumbo frame's, or the device's largest if smaller.
 fn configured_mtu(info: &dpdk_sys::rte_eth_dev_info) -> u32 {
     (MAX_FRAME_LEN - ETHER_HDR_LEN).min(device_max_mtu(info))
@@ -339,4 +362,18 @@ fn port_id(name: &str) -> Result<u16, DpdkError> {
         ));
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_asked_for_only_with_queues_to_spread_over_and_only_what_the_device_hashes() {
+        assert_eq!(rss_hash_fields(1, u64::MAX), 0);
+        assert_eq!(rss_hash_fields(2, 0), 0);
+        assert_eq!(rss_hash_fields(2, u64::MAX), RSS_IP_TCP_UDP_SCTP);
+        // A device hashing IPv4 TCP and L2 payloads only: TCP, not L2 payload.
+        assert_eq!(rss_hash_fields(4, 1 << 4 | 1 << 14), 1 << 4);
+    }
 }
