@@ -74,13 +74,9 @@ fn misleading(file: &str, p: &Policy) -> Option<Diagnostic> {
     let prefixes = || p.src_prefix.iter().chain(&p.dst_prefix);
     let why = if p.name == "none" {
         "`qosgw policy explain` prints `winner: none` both when this policy wins and when none matches; give it another name".to_owned()
-    } else if let Some(m) = prefixes().find(|x| match x.addr() {
-        std::net::IpAddr::V6(a) => a.to_ipv4_mapped().is_some() && x.prefix_len() >= 96,
-        _ => false,
-    }) {
+    } else if let Some((m, v4)) = prefixes().find_map(|x| Some((x, ipv4_mapped(x)?))) {
         format!(
-            "matches no IPv4 traffic: {m} is an IPv4-mapped IPv6 prefix (IPv4 packets match IPv4 prefixes: {})",
-            ipv4_of(m)
+            "matches no IPv4 traffic: {m} is an IPv4-mapped IPv6 prefix (IPv4 packets match IPv4 prefixes: {v4})"
         )
     } else {
         let (icmp, v4) = match p.protocol {
@@ -101,14 +97,14 @@ fn misleading(file: &str, p: &Policy) -> Option<Diagnostic> {
     ))
 }
 
-/// The IPv4 prefix an IPv4-mapped IPv6 prefix (length ≥ 96) stands for.
-fn ipv4_of(p: &Prefix) -> String {
+/// The IPv4 prefix an IPv4-mapped IPv6 prefix (length ≥ 96) stands for, if `p` is one.
+fn ipv4_mapped(p: &Prefix) -> Option<String> {
     match p.addr() {
-        std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
-            Some(v4) => format!("{v4}/{}", p.prefix_len() - 96),
-            None => p.to_string(),
-        },
-        std::net::IpAddr::V4(_) => p.to_string(),
+        std::net::IpAddr::V6(a) if p.prefix_len() >= 96 => {
+            let v4 = a.to_ipv4_mapped()?;
+            Some(format!("{v4}/{}", p.prefix_len() - 96))
+        }
+        _ => None,
     }
 }
 
