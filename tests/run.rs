@@ -1951,3 +1951,57 @@ fn ipv4_checksum(bytes: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// With several workers, a worker whose queue brings only other workers' hosts hands every
+/// frame on (steering): it is busy all the same, and `qosgw_worker_busy_ratio` says so.
+/// (It read 0 before: the worker's own loop saw every poll come back empty.)
+#[test]
+fn a_worker_that_only_hands_frames_on_is_busy() {
+    let _load = exclusive();
+    let dir = Scratch::new("run-busy-handing");
+    let policies = dir.path("policies.json");
+    write_policies(&policies, one_policy("dns", 53, 10));
+    // An inside host that worker 1 owns; the server is outside.
+    let server: std::net::IpAddr = "192.0.2.80".parse().unwrap();
+    let frames = (1..=255u8)
+        .map(|i| {
+            let host = std::net::IpAddr::from([10, 9, 8, i]);
+            let tcp = |src, dst| L4::Tcp {
+                src,
+                dst,
+                flags: TCP_ACK,
+            };
+            let out = Packet::new(host, server, tcp(40000, 80)).build();
+            let back = Packet::new(server, host, tcp(80, 40000)).build();
+            (out, back)
+        })
+        .find(|(out, _)| dataplane::distribute::worker_for(out, false, 2) == 1)
+        .expect("some host of 255 belongs to worker 1");
+    assert_eq!(dataplane::distribute::worker_for(&frames.1, true, 2), 1);
+    // Both queues of both ports replay that host's frames for ever: worker 0 receives
+    // nothing it owns. No tx_pcap: what is sent is dropped.
+    let vdevs: Vec<String> = [("net_pcap0", &frames.0), ("net_pcap1", &frames.1)]
+        .iter()
+        .map(|(name, frame)| {
+            let file = dir.path(&format!("{name}.pcap"));
+            write_capture(&file, &[frame.to_vec(), frame.to_vec()]);
+            let f = file.display();
+            format!("--vdev={name},rx_pcap={f},rx_pcap={f},infinite_rx=1")
+        })
+        .chain(["--lcores=0@(0-1),1@(0-1)".to_owned()])
+        .collect();
+    let gw = Gateway::start_with_settings(
+        &dir,
+        &vdevs,
+        &policies,
+        free_loopback(),
+        json!({ "workers": 2 }),
+    );
+    // The ratio is over the time between two scrapes.
+    gw.metrics();
+    std::thread::sleep(Duration::from_millis(500));
+    let (text, samples) = gw.metrics();
+    let busy = |w: &str| sample(&samples, "qosgw_worker_busy_ratio", &[("worker", w)]).unwrap();
+    assert!(busy("0") > 0.5, "worker 0 hands every frame on:\n{text}");
+    assert!(busy("1") > 0.5, "worker 1 processes every frame:\n{text}");
+}

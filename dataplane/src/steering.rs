@@ -109,7 +109,7 @@ unsafe extern "C" fn steer(
     };
     let (side, workers) = (hook.side.index(), hook.inboxes.len());
     let mine = &hook.inboxes[hook.me][side];
-    let mut dropped = 0;
+    let (mut dropped, mut handed) = (0, 0);
     let mut hand = |inbox: &ArrayQueue<Mbuf>, m: Mbuf| {
         if inbox.push(m).is_err() {
             dropped += 1;
@@ -129,6 +129,7 @@ unsafe extern "C" fn steer(
             kept += 1;
         } else {
             hand(&hook.inboxes[owner][side], m);
+            handed += 1;
         }
     }
     if !mine.is_empty() {
@@ -145,6 +146,9 @@ unsafe extern "C" fn steer(
             put(kept, m);
             kept += 1;
         }
+    }
+    if handed > 0 {
+        hook.counters.handed.add(handed);
     }
     if dropped > 0 {
         hook.counters.handed_dropped[side].add(dropped);

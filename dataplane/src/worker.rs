@@ -67,6 +67,8 @@ pub struct Worker {
     hold_limit: usize,
     /// Forward without processing (the baseline of `qosgw bench --passthrough`).
     passthrough: bool,
+    /// `counters.handed` when a poll last found it moved.
+    handed_seen: u64,
 }
 
 impl Worker {
@@ -93,6 +95,7 @@ impl Worker {
             backlog_bytes: 0,
             hold_limit: usize::MAX,
             passthrough: false,
+            handed_seen: 0,
         }
     }
 
@@ -139,6 +142,8 @@ impl Worker {
             self.counters.polls.inc();
             if got > 0 {
                 self.counters.busy_polls.inc();
+            } else {
+                self.count_handing_poll();
             }
             let done = match stop {
                 StopWhen::Flag(flag) => flag.load(Ordering::Relaxed),
@@ -157,6 +162,18 @@ impl Worker {
         self.backlog_bytes = 0;
         counters.shaper_backlog_packets.set(0);
         counters.shaper_backlog_bytes.set(0);
+    }
+
+    /// A poll that received nothing for this worker was busy all the same if it handed
+    /// frames on to other workers (steering). Out of line: at load every poll gets frames.
+    #[cold]
+    #[inline(never)]
+    fn count_handing_poll(&mut self) {
+        let handed = self.counters.handed.get();
+        if handed != self.handed_seen {
+            self.counters.busy_polls.inc();
+            self.handed_seen = handed;
+        }
     }
 
     /// Moves the shaped packets whose departure has come to the TX buffers; returns how
