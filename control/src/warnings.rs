@@ -22,7 +22,7 @@ pub fn warnings(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
 
 /// Two policies conflict when they tie on the whole precedence key (so only
 /// file order decides) and some packet matches both. Reported once per
-/// later policy, naming the earliest policy it conflicts with.
+/// later policy, naming every earlier policy it conflicts with.
 fn conflicts(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
     // Equal keys have the same conditions present and the same prefix
     // lengths, so overlapping prefixes are equal prefixes: group on them and
@@ -50,20 +50,40 @@ fn conflicts(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
     for members in groups.values().filter(|m| m.len() > 1) {
         for (n, &later) in members.iter().enumerate().skip(1) {
             let b = &policies[later];
-            if let Some(&earlier) = members[..n].iter().find(|&&a| overlap(&policies[a], b)) {
-                let a = &policies[earlier];
-                out.push(Diagnostic::warning(
-                    file,
-                    b.location,
-                    format!(
-                        "policy \"{}\": conflicts with policy \"{}\" (line {}): equal precedence and specificity, and some traffic matches both; \"{}\" wins because it comes first in the file",
-                        b.name, a.name, a.location.line, a.name
-                    ),
-                ));
+            let earlier: Vec<&Policy> = (members[..n].iter().map(|&a| &policies[a]))
+                .filter(|a| overlap(a, b))
+                .collect();
+            if !earlier.is_empty() {
+                out.push(Diagnostic::warning(file, b.location, conflict(b, &earlier)));
             }
         }
     }
     out
+}
+
+/// How many of the policies a policy conflicts with its warning names.
+const CONFLICTS_NAMED: usize = 5;
+
+/// The warning for policy `b`, which conflicts with the `earlier` policies (at least one).
+fn conflict(b: &Policy, earlier: &[&Policy]) -> String {
+    let named = |a: &&Policy| format!("\"{}\" (line {})", a.name, a.location.line);
+    if let [a] = earlier {
+        return format!(
+            "policy \"{}\": conflicts with policy {}: equal precedence and specificity, and some traffic matches both; \"{}\" wins because it comes first in the file",
+            b.name,
+            named(a),
+            a.name
+        );
+    }
+    let mut list: Vec<String> = earlier.iter().take(CONFLICTS_NAMED).map(named).collect();
+    if earlier.len() > CONFLICTS_NAMED {
+        list.push(format!("and {} more", earlier.len() - CONFLICTS_NAMED));
+    }
+    format!(
+        "policy \"{}\": conflicts with policies {}: equal precedence and specificity, and some traffic matches it and each of them; where they share traffic, the one earlier in the file wins",
+        b.name,
+        list.join(", ")
+    )
 }
 
 /// A policy that is valid but cannot mean what it seems to: one whose ICMP version is not
@@ -296,6 +316,33 @@ mod tests {
         assert_eq!(
             w,
             ["w.json:3:1: warning: policy \"b\": conflicts with policy \"a\" (line 2): equal precedence and specificity, and some traffic matches both; \"a\" wins because it comes first in the file"]
+        );
+    }
+
+    #[test]
+    fn a_conflict_names_every_earlier_policy_it_ties_with() {
+        // c shares port 10 with a and ports 11-19 with b: both pairs are named.
+        let w = warnings(
+            r#"{"name": "a", "src_port": "1-10", "dscp": 1},
+{"name": "b", "src_port": "11-20", "dscp": 2},
+{"name": "c", "src_port": "10-19", "dscp": 3}"#,
+        );
+        assert_eq!(
+            w,
+            ["w.json:4:1: warning: policy \"c\": conflicts with policies \"a\" (line 2), \"b\" (line 3): equal precedence and specificity, and some traffic matches it and each of them; where they share traffic, the one earlier in the file wins"]
+        );
+        // Seven equal policies: the last names five of the six before it.
+        let same: Vec<String> = (0..7)
+            .map(|i| format!(r#"{{"name": "p{i}", "dst_port": 53, "dscp": 1}}"#))
+            .collect();
+        let w: Vec<String> = (warnings(&same.join(",\n")).into_iter())
+            .filter(|w| w.contains("conflicts with"))
+            .collect();
+        assert_eq!(w.len(), 6, "{w:#?}");
+        assert!(
+            w[5].starts_with("w.json:8:1: warning: policy \"p6\": conflicts with policies \"p0\" (line 2), \"p1\" (line 3), \"p2\" (line 4), \"p3\" (line 5), \"p4\" (line 6), and 1 more: "),
+            "{}",
+            w[5]
         );
     }
 
