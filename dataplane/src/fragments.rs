@@ -1,11 +1,14 @@
 //! Remembers the classification of fragmented datagrams, so that non-first fragments
 //! (which carry no ports) follow their first fragment (SPEC §5).
 //!
-//! A small direct-mapped table per worker: (source, destination, protocol, IP ID) hashes
-//! to one slot, and a newer datagram simply overwrites an older one. Fragments of one
-//! datagram arrive within milliseconds of each other, so a few thousand slots cover any
-//! realistic number of datagrams in flight; a fragment that misses is classified with its
-//! ports unknown, as the SPEC allows.
+//! A small set-associative table per worker: (source, destination, protocol, IP ID)
+//! hashes to a set of [`WAYS`] slots, and a new datagram takes a free slot of its set or
+//! the one remembered longest ago. Fragments of one datagram arrive within milliseconds of
+//! each other, so 8 192 slots hold every datagram of any realistic number in flight: a
+//! datagram is forgotten only once its set has seen eight newer ones. (The first version
+//! was direct-mapped, one slot per hash: two datagrams of 64 in flight collided in about
+//! half the runs, and a fragment of the older one lost its result.) A fragment that misses
+//! is classified with its ports unknown, as the SPEC allows.
 
 use std::hash::BuildHasher;
 
@@ -13,7 +16,9 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::wire::FlowKey;
 
-const SLOTS: usize = 4096;
+/// Slots per set; a set's slots are adjacent, 512 bytes.
+const WAYS: usize = 8;
+const SETS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct DatagramKey {
@@ -30,18 +35,23 @@ struct Slot {
     policy: u32,
     hash: u64,
     generation: u64,
+    /// When it was remembered, in remembered datagrams: the smallest in a set goes first.
+    stamp: u64,
 }
 
 pub struct FragmentTable {
     slots: Box<[Option<Slot>]>,
     hasher: DefaultHashBuilder,
+    /// Datagrams remembered so far.
+    stamp: u64,
 }
 
 impl Default for FragmentTable {
     fn default() -> Self {
         FragmentTable {
-            slots: vec![None; SLOTS].into_boxed_slice(),
+            slots: vec![None; SETS * WAYS].into_boxed_slice(),
             hasher: DefaultHashBuilder::default(),
+            stamp: 0,
         }
     }
 }
@@ -63,30 +73,47 @@ fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
 }
 
 impl FragmentTable {
-    fn index(&self, k: &DatagramKey) -> usize {
-        self.hasher.hash_one(k) as usize % SLOTS
+    /// The set of slots datagram `k` may be in.
+    fn set(&self, k: &DatagramKey) -> std::ops::Range<usize> {
+        let set = self.hasher.hash_one(k) as usize % SETS;
+        set * WAYS..(set + 1) * WAYS
     }
 
     /// Records the result (policy and flow hash) for a first fragment.
     pub fn remember(&mut self, key: &FlowKey, id: u32, policy: u32, hash: u64, generation: u64) {
         let key = datagram(key, id);
-        let i = self.index(&key);
-        self.slots[i] = Some(Slot {
+        let set = self.set(&key);
+        self.stamp += 1;
+        let slot = Slot {
             key,
             policy,
             hash,
             generation,
-        });
+            stamp: self.stamp,
+        };
+        // The datagram's own slot (a first fragment seen again), else a free one, else the
+        // one remembered longest ago.
+        let ways = &mut self.slots[set];
+        let i = (ways.iter().position(|w| w.is_some_and(|w| w.key == key)))
+            .or_else(|| ways.iter().position(Option::is_none))
+            .unwrap_or_else(|| {
+                (0..WAYS)
+                    .min_by_key(|&i| ways[i].map_or(0, |w| w.stamp))
+                    .unwrap_or(0)
+            });
+        ways[i] = Some(slot);
     }
 
     /// The policy and flow hash recorded for a non-first fragment's datagram under
     /// `generation`.
     pub fn recall(&self, key: &FlowKey, id: u32, generation: u64) -> Option<(u32, u64)> {
         let key = datagram(key, id);
-        match self.slots[self.index(&key)] {
-            Some(s) if s.key == key && s.generation == generation => Some((s.policy, s.hash)),
-            _ => None,
-        }
+        self.slots[self.set(&key)]
+            .iter()
+            .flatten()
+            .find(|s| s.key == key)
+            .filter(|s| s.generation == generation)
+            .map(|s| (s.policy, s.hash))
     }
 }
 
@@ -141,5 +168,50 @@ mod tests {
             ..first
         };
         assert_eq!(t.recall(&v6_later, 9, 1), Some((4, 98)));
+    }
+
+    fn udp_key(src: u8) -> FlowKey {
+        FlowKey {
+            src: [src; 16],
+            dst: [2; 16],
+            src_port: 5,
+            dst_port: 6,
+            vlan: FlowKey::NO_VLAN,
+            protocol: 17,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn five_hundred_datagrams_in_flight_are_all_remembered() {
+        // Forgetting one would take nine of them in one set of 1 024: about 3 in a million.
+        let mut t = FragmentTable::default();
+        for id in 0..500u32 {
+            t.remember(&udp_key(1), id, id, u64::from(id) * 3, 1);
+        }
+        for id in 0..500u32 {
+            assert_eq!(t.recall(&udp_key(1), id, 1), Some((id, u64::from(id) * 3)));
+        }
+    }
+
+    #[test]
+    fn a_flood_of_datagrams_leaves_the_latest_remembered() {
+        let mut t = FragmentTable::default();
+        for id in 0..100_000u32 {
+            t.remember(&udp_key(7), id, id, 0, 1);
+        }
+        // Each set keeps its eight latest: the last 500 are all there, and the first are
+        // gone.
+        for id in 99_500..100_000u32 {
+            assert_eq!(t.recall(&udp_key(7), id, 1), Some((id, 0)));
+        }
+        let old = (0..1000u32)
+            .filter(|&id| t.recall(&udp_key(7), id, 1).is_some())
+            .count();
+        assert_eq!(old, 0);
+        // A first fragment seen again takes its own slot, not a second one.
+        t.remember(&udp_key(7), 99_999, 5, 0, 2);
+        assert_eq!(t.recall(&udp_key(7), 99_999, 2), Some((5, 0)));
+        assert_eq!(t.recall(&udp_key(7), 99_999, 1), None);
     }
 }
