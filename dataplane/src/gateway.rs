@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use crate::counters::WorkerCounters;
-use crate::dpdk::{DpdkError, DriverSignalsBlocked, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN};
+use crate::dpdk::{
+    DpdkError, DriverSignalsBlocked, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN, VLAN_TAGS_LEN,
+};
 use crate::pipeline::{Pipeline, PipelineConfig, Side};
 use crate::policy_set::Publisher;
 use crate::steering;
@@ -35,8 +37,9 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Room for a jumbo frame plus DPDK's default headroom.
-    pub const JUMBO_DATA_ROOM: u16 = MAX_FRAME_LEN as u16 + 128;
+    /// Room for a jumbo frame with two VLAN tags beyond it (a NIC's MTU does not count
+    /// them), plus DPDK's default headroom.
+    pub const JUMBO_DATA_ROOM: u16 = (MAX_FRAME_LEN + VLAN_TAGS_LEN) as u16 + 128;
 }
 
 /// What a finished run leaves behind for reporting.

@@ -17,6 +17,8 @@ const TX_OFFLOAD_MULTI_SEGS: u64 = 1 << 15;
 const RSS_IP_TCP_UDP_SCTP: u64 = 0x3_bffc;
 const ETHER_HDR_LEN: u32 = 14;
 const ETHER_CRC_LEN: u32 = 4;
+/// Two VLAN tags (QinQ): NICs receive them beyond the MTU.
+pub const VLAN_TAGS_LEN: u32 = 8;
 
 /// A started Ethernet port. Dropping it stops and closes the device, which is what makes
 /// net_pcap write its `tx_pcap` file; so a `Port` must outlive every queue handle
@@ -94,7 +96,7 @@ impl Port {
         // Chained mbufs only where a frame can outgrow one: scatter makes some drivers
         // (net_tap) read every packet into a chain, which cost a third of TCP throughput
         // through taps. The gateway's pools hold a jumbo frame per mbuf.
-        if pool.data_len() < conf.rxmode.mtu + ETHER_HDR_LEN {
+        if pool.data_len() < conf.rxmode.mtu + ETHER_HDR_LEN + VLAN_TAGS_LEN {
             if info.rx_offload_capa & RX_OFFLOAD_SCATTER != 0 {
                 conf.rxmode.offloads |= RX_OFFLOAD_SCATTER;
             }
@@ -181,12 +183,14 @@ impl Port {
         Ok(OpenedPort { port, rx, tx })
     }
 
-    /// The largest frame (Ethernet header to payload) the device `name` will be configured
-    /// to receive: a jumbo frame, or less if the device cannot take one. For sizing mbufs
-    /// before the port is opened.
+    /// The largest frame (Ethernet header, two VLAN tags, payload) the device `name` will
+    /// be configured to receive: a jumbo frame, or less if the device cannot take one. For
+    /// sizing mbufs before the port is opened: a frame that outgrows its mbuf arrives as a
+    /// chain, which the worker forwards unparsed, and which a port set up without
+    /// multi-segment TX (as they are when the pool holds this) may send cut short.
     pub fn largest_frame(_eal: &Eal, name: &str) -> Result<u32, DpdkError> {
         let info = device_info(port_id(name)?, name)?;
-        Ok(configured_mtu(&info) + ETHER_HDR_LEN)
+        Ok(configured_mtu(&info) + ETHER_HDR_LEN + VLAN_TAGS_LEN)
     }
 
     /// The DPDK device name the port was opened by.
