@@ -12,7 +12,7 @@ use clap::Args;
 use control::PolicyTable;
 use dataplane::counters::{sum, WorkerCounters};
 use dataplane::distribute::worker_for;
-use dataplane::dpdk::{virtual_device_args, Eal};
+use dataplane::dpdk::{virtual_device_args, Eal, MAX_FRAME_LEN};
 use dataplane::gateway::{Gateway, GatewayConfig};
 use dataplane::pcap::{self, Record};
 use dataplane::pipeline::PipelineConfig;
@@ -46,9 +46,11 @@ pub struct BenchArgs {
     /// of choosing the owner).
     #[arg(long)]
     steer: bool,
-    /// Frame size in bytes (no FCS); frames whose headers are longer are as short as they can be.
-    #[arg(long, default_value_t = 60)]
-    pkt_size: usize,
+    /// Frame size in bytes (no FCS), at most a jumbo frame's 9216; frames whose headers are
+    /// longer are as short as they can be.
+    #[arg(long, default_value_t = 60,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_FRAME_LEN as i64))]
+    pkt_size: u16,
     /// Worker cores.
     #[arg(long, default_value_t = 1)]
     workers: usize,
@@ -218,7 +220,7 @@ fn write_flow_files(dir: &Path, args: &BenchArgs) -> Result<[Vec<PathBuf>; 2], S
         vec![Vec::new(); args.workers],
     ];
     for i in 0..args.flows {
-        let data = flow_frame(i, args.pkt_size);
+        let data = flow_frame(i, usize::from(args.pkt_size));
         let side = i % 2;
         let w = worker_for(&data, side == 1, args.workers);
         split[side][w].push(Record {
@@ -244,7 +246,7 @@ fn write_flow_files(dir: &Path, args: &BenchArgs) -> Result<[Vec<PathBuf>; 2], S
 
 fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> Result<(), String> {
     // Every frame of the files stays in an mbuf (infinite_rx), plus the working set.
-    let frame_room = args.pkt_size.max(74).div_ceil(64) * 64;
+    let frame_room = usize::from(args.pkt_size).max(74).div_ceil(64) * 64;
     let data_room = (128 + frame_room) as u16;
     // Throttled flows park their packets in the timing wheel for up to the 100 ms delay
     // limit: at 200 kb/s that is ~2.5 KB, about 41 small frames, per flow.

@@ -96,8 +96,22 @@ impl Eal {
         (!rest.is_empty()).then_some(rest)
     }
 
-    /// Runs `f` on worker lcore `lcore`. Join it with [`Eal::wait`].
+    /// Whether `lcore` is a worker lcore and the caller the main lcore: DPDK launches and
+    /// waits only from there, and indexes its lcore table without a check.
+    fn may_launch_on(&self, lcore: u32) -> bool {
+        // SAFETY: the EAL is initialised; both only read its lcore configuration.
+        let on_main = unsafe { dpdk_sys::qosgw_lcore_id() == dpdk_sys::rte_get_main_lcore() };
+        on_main && self.worker_lcores().contains(&lcore)
+    }
+
+    /// Runs `f` on worker lcore `lcore`, from the main lcore. Join it with [`Eal::wait`].
     pub fn launch<F: FnOnce() + Send + 'static>(&self, lcore: u32, f: F) -> Result<(), DpdkError> {
+        if !self.may_launch_on(lcore) {
+            return Err(DpdkError::new(
+                format!("launching lcore {lcore}"),
+                "not a worker lcore, or not called from the main lcore",
+            ));
+        }
         extern "C" fn trampoline(arg: *mut c_void) -> c_int {
             // SAFETY: arg is the Box<Box<dyn FnOnce>> leaked by launch below, handed to
             // exactly one lcore, so we take ownership of it exactly once.
@@ -121,9 +135,14 @@ impl Eal {
         Ok(())
     }
 
-    /// Waits until the function launched on `lcore` has returned.
+    /// Waits until the function launched on worker lcore `lcore` has returned (at once for
+    /// an lcore [`Eal::launch`] would refuse).
     pub fn wait(&self, lcore: u32) {
-        // SAFETY: the EAL is initialised; waiting on an idle lcore returns at once.
+        if !self.may_launch_on(lcore) {
+            return;
+        }
+        // SAFETY: the EAL is initialised, lcore is a worker lcore and we are on the main
+        // one; waiting on an idle lcore returns at once.
         unsafe { dpdk_sys::rte_eal_wait_lcore(lcore) };
     }
 }

@@ -87,9 +87,10 @@ impl Mbuf {
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in data(); &mut self guarantees exclusive access (refcnt is 1: the
-        // dataplane never clones mbufs).
+        // dataplane never clones mbufs, and the drivers it uses hand over plain ones).
         unsafe {
             let m = self.raw.as_ptr();
+            debug_assert_eq!((*m).refcnt, 1, "a shared mbuf");
             let base = (*m).buf_addr.cast::<u8>().add((*m).data_off as usize);
             std::slice::from_raw_parts_mut(base, (*m).data_len as usize)
         }

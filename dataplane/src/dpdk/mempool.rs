@@ -5,9 +5,10 @@ use std::ptr::NonNull;
 
 use super::{DpdkError, Eal};
 
-/// A pool of packet buffers (`rte_pktmbuf_pool_create`), freed on drop. Every [`Mbuf`]
-/// taken from it must be gone first, which the ports that use it guarantee by being
-/// dropped before it.
+/// A pool of packet buffers (`rte_pktmbuf_pool_create`), freed on drop if every [`Mbuf`]
+/// taken from it is back (the ports that use it are dropped before it, and the workers
+/// empty what they hold when they stop); otherwise it is left allocated, so that no mbuf
+/// still held, or still in a device's ring, ever points into freed memory.
 ///
 /// [`Mbuf`]: super::Mbuf
 #[derive(Debug)]
@@ -58,8 +59,11 @@ impl Mempool {
 
 impl Drop for Mempool {
     fn drop(&mut self) {
-        // SAFETY: we own the pool; the ports that filled their rings from it were closed
-        // before (they borrow it), so no mbuf of it is in use.
+        // SAFETY: we own the pool; counting reads its ring and per-lcore caches.
+        if unsafe { dpdk_sys::rte_mempool_in_use_count(self.raw.as_ptr()) } != 0 {
+            return;
+        }
+        // SAFETY: we own the pool and no mbuf of it is in use.
         unsafe { dpdk_sys::rte_mempool_free(self.raw.as_ptr()) };
     }
 }

@@ -119,6 +119,13 @@ impl Port {
             return Err(DpdkError::from_code(ctx("configuring"), ret));
         }
 
+        // Closing a configured port releases its queues (and the mbufs a driver put in
+        // them) while the pool still lives: on every error from here on.
+        let closed = |e: DpdkError| {
+            // SAFETY: id is configured and not started.
+            unsafe { dpdk_sys::rte_eth_dev_close(id) };
+            e
+        };
         // SAFETY: id is a valid port.
         let socket = unsafe { dpdk_sys::rte_eth_dev_socket_id(id) };
         let socket = if socket < 0 { 0 } else { socket as u32 };
@@ -136,27 +143,21 @@ impl Port {
                 )
             };
             if ret != 0 {
-                return Err(DpdkError::from_code(
-                    ctx(&format!("setting up RX queue {q}")),
-                    ret,
-                ));
+                let what = ctx(&format!("setting up RX queue {q}"));
+                return Err(closed(DpdkError::from_code(what, ret)));
             }
             // SAFETY: as above, for TX queues.
             let ret =
                 unsafe { dpdk_sys::rte_eth_tx_queue_setup(id, q, 1024, socket, std::ptr::null()) };
             if ret != 0 {
-                return Err(DpdkError::from_code(
-                    ctx(&format!("setting up TX queue {q}")),
-                    ret,
-                ));
+                let what = ctx(&format!("setting up TX queue {q}"));
+                return Err(closed(DpdkError::from_code(what, ret)));
             }
         }
         // SAFETY: id is configured with its queues set up.
         let ret = unsafe { dpdk_sys::rte_eth_dev_start(id) };
         if ret != 0 {
-            // SAFETY: close releases what configure allocated; the port is not started.
-            unsafe { dpdk_sys::rte_eth_dev_close(id) };
-            return Err(DpdkError::from_code(ctx("starting"), ret));
+            return Err(closed(DpdkError::from_code(ctx("starting"), ret)));
         }
         // A bump in the wire forwards every frame, whatever its destination MAC. Devices
         // without the notion (net_pcap) refuse, which is fine.
@@ -201,8 +202,9 @@ impl Port {
     /// The port's counters.
     pub fn stats(&self) -> PortStats {
         let mut s = dpdk_sys::rte_eth_stats::default();
-        // SAFETY: self.id is a started port; s is a valid out-pointer. Reading stats is
-        // safe concurrently with the data path (the drivers keep per-queue counters).
+        // SAFETY: self.id is a started port; s is a valid out-pointer. The drivers' per-queue
+        // counters are aligned 64-bit words that only their worker writes: read from here,
+        // each is a whole value (x86-64), at worst a burst old.
         unsafe { dpdk_sys::rte_eth_stats_get(self.id, &mut s) };
         PortStats {
             rx_packets: s.ipackets,
@@ -220,7 +222,9 @@ impl Port {
 impl Drop for Port {
     fn drop(&mut self) {
         // SAFETY: no queue handle is left (each holds an Arc to us), so no lcore is using
-        // the device. Stop, then close: close is what flushes net_pcap's tx_pcap file.
+        // the device. Stop, then close: close is what flushes net_pcap's tx_pcap file. A
+        // device that fails to stop may still hold mbufs: the pool then stays allocated
+        // (Mempool's drop frees it only when every mbuf is back).
         unsafe {
             dpdk_sys::rte_eth_dev_stop(self.id);
             dpdk_sys::rte_eth_dev_close(self.id);
