@@ -151,6 +151,8 @@ fn start(
         stop: stop.clone(),
     };
     let cpus = ctx.cpus;
+    // The address bound, not the configured one: port 0 picks a free port.
+    let metrics = (ctx.listener.local_addr()).unwrap_or(cfg.metrics_listen);
     to_control
         .send(ctx)
         .map_err(|_| "the control thread ended early".to_owned())?;
@@ -163,7 +165,7 @@ fn start(
         cfg.workers,
         publisher.current().table.len(),
         publisher.generation(),
-        cfg.metrics_listen
+        metrics
     );
     let stops = (0..cfg.workers)
         .map(|_| StopWhen::Flag(stop.clone()))
@@ -192,7 +194,7 @@ fn start(
 }
 
 /// The config's EAL arguments plus the command line's, with one lcore per worker when
-/// neither names lcores.
+/// neither names lcores, and DPDK's log at notice level when neither sets it.
 fn eal_args(cfg: &FileConfig, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = cfg.eal.iter().chain(extra).cloned().collect();
     let names_lcores = args.iter().any(|a| {
@@ -200,6 +202,11 @@ fn eal_args(cfg: &FileConfig, extra: &[String]) -> Vec<String> {
     });
     if !names_lcores {
         args.push(lcores_arg(cfg.workers));
+    }
+    // DPDK's start-up chatter (detected CPUs, NUMA nodes, IOVA mode) is INFO; its
+    // warnings and errors still show.
+    if !args.iter().any(|a| a.starts_with("--log-level")) {
+        args.push("--log-level=notice".to_owned());
     }
     args
 }

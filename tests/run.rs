@@ -2065,3 +2065,30 @@ fn tagged_jumbo_frames_are_marked_whole() {
         );
     }
 }
+
+/// `metrics_listen` with port 0 listens on a free port, and the start line names it.
+#[test]
+fn the_start_line_names_the_metrics_port_bound() {
+    let dir = Scratch::new("run-port-0");
+    let (input, output, policies) = (
+        dir.path("in.pcap"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    write_capture(&input, &[]);
+    write_policies(&policies, one_policy("dns", 53, 10));
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let vdevs = [vdev_rx_pcap(&input), vdev_tx_pcap(&output)];
+    let config = Gateway::write_config(&dir, &vdevs, &policies, any, json!({}));
+    let mut gw = Gateway::spawn(&config, any, dir.path("qosgw.log"));
+    let bound = poll_until(Duration::from_secs(20), || {
+        let log = gw.proc.output();
+        let url = log.split("metrics on http://").nth(1)?;
+        url.split('/').next()?.parse::<SocketAddr>().ok()
+    })
+    .unwrap_or_else(|| panic!("no metrics address in:\n{}", gw.proc.output()));
+    assert_ne!(bound.port(), 0);
+    gw.addr = bound;
+    assert_eq!(gw.get("/healthz").0, 200);
+    gw.sigterm_stops_within_2_s();
+}

@@ -208,11 +208,11 @@ pub fn render(s: &MetricsSnapshot) -> String {
     let policy_counters = [
         (
             "qosgw_policy_packets_total",
-            "Packets of the policy's flows that it forwarded (its shaper's drops are counted in qosgw_policy_dropped_packets_total instead).",
+            "Packets of the policy's flows that it let through, at once or into its shaper's queue (its shaper's drops are counted in qosgw_policy_dropped_packets_total instead).",
         ),
         (
             "qosgw_policy_bytes_total",
-            "Bytes (as seen on the port) of the policy's packets that it forwarded.",
+            "Bytes (as seen on the port) of the policy's packets that it let through.",
         ),
         (
             "qosgw_policy_flows_total",

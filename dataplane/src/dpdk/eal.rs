@@ -48,7 +48,10 @@ impl Eal {
         // NULL. This is the first and only call in the process (EAL_STARTED above).
         let ret = unsafe { dpdk_sys::rte_eal_init(owned.len() as c_int, argv.as_mut_ptr()) };
         if ret < 0 {
-            return Err(DpdkError::from_errno("EAL initialisation"));
+            let errnum = super::rte_errno();
+            let mut e = DpdkError::from_errno("EAL initialisation");
+            e.detail += init_hint(errnum);
+            return Err(e);
         }
         // SAFETY: the EAL is initialised.
         let tsc_hz = unsafe { dpdk_sys::rte_get_tsc_hz() };
@@ -144,6 +147,22 @@ impl Eal {
         // SAFETY: the EAL is initialised, lcore is a worker lcore and we are on the main
         // one; waiting on an idle lcore returns at once.
         unsafe { dpdk_sys::rte_eal_wait_lcore(lcore) };
+    }
+}
+
+/// What an operator can do about `rte_eal_init` failing with `errnum`.
+fn init_hint(errnum: i32) -> &'static str {
+    const EACCES: i32 = 13;
+    const EINVAL: i32 = 22;
+    const ENOMEM: i32 = 12;
+    match errnum {
+        EINVAL => " (an EAL argument was refused: DPDK names it above)",
+        EACCES => {
+            " (no usable hugepages: reserve some, or give the EAL --no-huge and -m with the MB \
+             it may use)"
+        }
+        ENOMEM => " (not enough memory: give the EAL more with -m, or reserve more hugepages)",
+        _ => "",
     }
 }
 
