@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use control::http::{self, Request, Response, Route};
 use control::metrics::{self, MetricsSnapshot, PolicyMetrics, PortMetrics, WorkerMetrics};
-use control::watch::FileWatch;
+use control::watch::{FileWatch, Seen};
 use dataplane::counters::{malformed_label, Eviction, WorkerCounters, MALFORMED_REASONS};
 use dataplane::dpdk::{CpuSet, Port};
 use dataplane::pipeline::Side;
@@ -86,8 +86,16 @@ pub fn run(ctx: ControlContext) {
         if signals::take_hangup() {
             let _ = c.reload("SIGHUP");
         }
-        if watch.changed() {
-            let _ = c.reload("policy file changed");
+        match watch.poll() {
+            Seen::Changed => {
+                let _ = c.reload("policy file changed");
+            }
+            Seen::Gone => errln!(
+                "qosgw: policy file {} is gone; the policies in force stay (generation {})",
+                watch.path().display(),
+                c.ctx.publisher.generation()
+            ),
+            Seen::Same => {}
         }
     }
     if let Ok(server) = server {

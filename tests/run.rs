@@ -2092,3 +2092,25 @@ fn the_start_line_names_the_metrics_port_bound() {
     assert_eq!(gw.get("/healthz").0, 200);
     gw.sigterm_stops_within_2_s();
 }
+
+/// A policy file that disappears leaves the policies in force, and says so once; when it
+/// comes back it is loaded.
+#[test]
+fn a_policy_file_that_goes_is_logged_once_and_loaded_when_it_returns() {
+    let (dir, vdevs, policies) = reload_scene("run-file-gone");
+    let gw = Gateway::start(&dir, &vdevs, &policies, free_loopback());
+    std::fs::remove_file(&policies).unwrap();
+    let gone = "is gone; the policies in force stay (generation 1)";
+    let logged = poll_until(Duration::from_secs(3), || {
+        gw.proc.output().contains(gone).then_some(())
+    });
+    assert!(logged.is_some(), "{}", gw.proc.output());
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(gw.proc.output().matches(gone).count(), 1, "logged once");
+    assert_eq!(gw.policies(), (1, vec!["alpha".to_owned()]));
+    std::fs::write(&policies, padded(one_policy("beta", 2000, 20))).unwrap();
+    let back = poll_until(Duration::from_secs(3), || {
+        (gw.policies() == (2, vec!["beta".to_owned()])).then_some(())
+    });
+    assert!(back.is_some(), "{:?}\n{}", gw.policies(), gw.proc.output());
+}

@@ -73,13 +73,32 @@ impl FileWatch {
     /// file that disappears is not a change (the running policies stay);
     /// when it comes back, that is a change.
     pub fn changed(&mut self) -> bool {
+        self.poll() == Seen::Changed
+    }
+
+    /// What happened to the file since the last call, as [`changed`](Self::changed)
+    /// sees it, telling a file that disappeared from one that did not change.
+    pub fn poll(&mut self) -> Seen {
         let now = stamp(&self.path);
         if now == self.last {
-            return false;
+            return Seen::Same;
         }
-        self.last = now;
-        now.is_some()
+        let was = std::mem::replace(&mut self.last, now);
+        match (was, now) {
+            (_, Some(_)) => Seen::Changed,
+            (Some(_), None) => Seen::Gone,
+            (None, None) => Seen::Same,
+        }
     }
+}
+
+/// What [`FileWatch::poll`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Same,
+    Changed,
+    /// The file was there at the last poll and is missing or unreadable now.
+    Gone,
 }
 
 #[cfg(test)]
@@ -155,5 +174,20 @@ mod tests {
         assert!(w.changed());
         assert!(!w.changed());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_goes_is_gone_once_and_changed_when_it_comes_back() {
+        let dir = temp_dir("gone");
+        let path = dir.join("policies.json");
+        std::fs::write(&path, "{}").unwrap();
+        let mut w = FileWatch::new(&path);
+        assert_eq!(w.poll(), Seen::Same);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(w.poll(), Seen::Gone);
+        assert_eq!(w.poll(), Seen::Same);
+        std::fs::write(&path, "{}").unwrap();
+        assert_eq!(w.poll(), Seen::Changed);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
