@@ -9,6 +9,7 @@ mod policy_cmd;
 mod replay;
 mod run;
 mod signals;
+mod sysmem;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -276,22 +276,11 @@ impl ReplayPool {
 /// than half of what is free now (`MemAvailable`) nor a quarter of the cgroup's limit (a
 /// container's `memory.max`); 512 MiB if none of them can be read.
 fn memory_budget() -> usize {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |key: &str| {
-        let line = meminfo.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace()
-            .nth(1)?
-            .parse::<usize>()
-            .ok()
-            .map(|k| k * 1024)
-    };
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok());
+    use crate::sysmem::{cgroup_max, meminfo};
     [
-        kib("MemTotal:").map(|b| b / 4),
-        kib("MemAvailable:").map(|b| b / 2),
-        cgroup.map(|b| b / 4),
+        meminfo("MemTotal:").map(|b| b / 4),
+        meminfo("MemAvailable:").map(|b| b / 2),
+        cgroup_max().map(|b| b / 4),
     ]
     .into_iter()
     .flatten()

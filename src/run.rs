@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use control::config::{load_gateway_config, GatewayConfig as FileConfig};
 use dataplane::dpdk::{lcores_arg, Eal};
-use dataplane::flow_cache::Timeouts;
+use dataplane::flow_cache::{FlowCache, Timeouts};
 use dataplane::gateway::{Gateway, GatewayConfig};
 use dataplane::pipeline::PipelineConfig;
 use dataplane::policy_set::{Publisher, ShaperSettings};
@@ -40,6 +40,17 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
             "{} workers on {cpus} CPUs: workers poll without pause, so those sharing a CPU \
              slow each other down",
             cfg.workers
+        ));
+    }
+    let caches = cfg.workers * FlowCache::bytes_for(cfg.flow_cache_capacity);
+    if let Some(usable) = crate::sysmem::usable().filter(|&m| caches > m / 2) {
+        crate::out::warn(&format!(
+            "flow caches of {} flows for each of {} worker(s) take about {} MB once full, more \
+             than half of the {} MB this machine gives qosgw (flow_cache.capacity_per_worker)",
+            cfg.flow_cache_capacity,
+            cfg.workers,
+            caches >> 20,
+            usable >> 20
         ));
     }
     // Watched from before it is read: a change while the gateway starts is a change.

@@ -249,6 +249,14 @@ fn advance(hand: &mut usize, n: usize) -> usize {
     i
 }
 
+/// The front's buckets for `capacity` flows: two ways per flow, in buckets of eight,
+/// 4 KiB..32 MiB.
+fn front_buckets(capacity: usize) -> usize {
+    (capacity / FLOWS_PER_BUCKET)
+        .next_power_of_two()
+        .clamp(FRONT_MIN, 1 << 19)
+}
+
 /// How far the CLOCK hand may travel for one eviction before it takes whatever it is on.
 const MAX_CLOCK_STEPS: usize = 64;
 
@@ -257,10 +265,7 @@ impl FlowCache {
     /// data path never allocates.
     pub fn new(capacity: usize, timeouts: Timeouts, counters: Arc<WorkerCounters>) -> FlowCache {
         let capacity = capacity.max(1);
-        // Two ways per flow, in buckets of eight: 4 KiB..32 MiB.
-        let buckets = (capacity / FLOWS_PER_BUCKET)
-            .next_power_of_two()
-            .clamp(FRONT_MIN, 1 << 19);
+        let buckets = front_buckets(capacity);
         let shorter = timeouts.idle.min(timeouts.tcp_closed).max(1);
         let tick_shift = (63 - shorter.leading_zeros()).saturating_sub(10);
         let ticks = |t: u64| i32::try_from(t >> tick_shift).unwrap_or(i32::MAX);
@@ -283,6 +288,17 @@ impl FlowCache {
             expire_hand: 0,
             counters,
         }
+    }
+
+    /// About how many bytes a cache of `capacity` flows takes once full (reserved at
+    /// start, touched as flows arrive): a slot, the index's entry and control byte at
+    /// hashbrown's 7/8 load rounded up to a power of two, a free-list entry, and the front.
+    pub fn bytes_for(capacity: usize) -> usize {
+        let capacity = capacity.max(1);
+        let index = (capacity * 8 / 7).next_power_of_two() * (size_of::<u32>() + 1);
+        capacity * (size_of::<Slot>() + size_of::<u32>())
+            + index
+            + front_buckets(capacity) * size_of::<FrontBucket>()
     }
 
     pub fn len(&self) -> usize {
@@ -593,6 +609,15 @@ mod tests {
         for n in survivors {
             assert_eq!(fc.find(&key(n)).unwrap().policy, n);
         }
+    }
+
+    #[test]
+    fn a_full_cache_of_a_million_flows_takes_about_90_mb() {
+        let mb = FlowCache::bytes_for(1 << 20) >> 20;
+        assert!((85..=100).contains(&mb), "{mb} MB");
+        // The front is bounded, the rest grows with the flows.
+        let big = FlowCache::bytes_for(1 << 24) >> 20;
+        assert!((1100..=1400).contains(&big), "{big} MB");
     }
 
     #[test]
