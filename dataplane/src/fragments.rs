@@ -124,15 +124,7 @@ mod tests {
     #[test]
     fn non_first_fragments_find_their_datagram_only() {
         let mut t = FragmentTable::default();
-        let first = FlowKey {
-            src: [1; 16],
-            dst: [2; 16],
-            src_port: 5,
-            dst_port: 6,
-            vlan: FlowKey::NO_VLAN,
-            protocol: 17,
-            flags: 0,
-        };
+        let first = udp_key(1);
         t.remember(&first, 77, 3, 99, 1);
         let later = FlowKey {
             src_port: 0,
