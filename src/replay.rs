@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use dataplane::counters::{sum, WorkerCounters};
 use dataplane::distribute::worker_for;
-use dataplane::dpdk::{virtual_device_args, Eal, MAX_FRAME_LEN};
+use dataplane::dpdk::{virtual_device_args, Eal, MAX_FRAME_LEN, VLAN_TAGS_LEN};
 use dataplane::gateway::{Gateway, GatewayConfig, RunReport};
 use dataplane::pcap::{self, Capture, Record, LINKTYPE_ETHERNET};
 use dataplane::pipeline::PipelineConfig;
@@ -243,7 +243,9 @@ impl ReplayPool {
     /// For `cap` split over workers as `frames` says.
     fn for_capture(cap: &Capture, frames: &[u64]) -> ReplayPool {
         let largest = cap.records.iter().map(|r| r.data.len()).max().unwrap_or(0);
-        let room = largest.clamp(64, MAX_FRAME_LEN as usize).div_ceil(64) * 64;
+        // A jumbo frame with two VLAN tags on top is whole in one mbuf.
+        let most = (MAX_FRAME_LEN + VLAN_TAGS_LEN) as usize;
+        let room = largest.clamp(64, most).div_ceil(64) * 64;
         let mut pool = ReplayPool {
             mbufs: 0,
             data_room: (room + 128) as u16,

@@ -17,10 +17,10 @@ pub fn cgroup_max() -> Option<usize> {
         .ok()
 }
 
-/// The memory the process may use at most: the machine's, or its cgroup's limit if lower.
+/// The ordinary memory the process may use at most: the machine's less what is reserved
+/// as hugepages, or its cgroup's limit if lower.
 pub fn usable() -> Option<usize> {
-    [meminfo("MemTotal:"), cgroup_max()]
-        .into_iter()
-        .flatten()
-        .min()
+    let hugepages = meminfo("Hugetlb:").unwrap_or(0);
+    let total = meminfo("MemTotal:").map(|t| t.saturating_sub(hugepages));
+    [total, cgroup_max()].into_iter().flatten().min()
 }

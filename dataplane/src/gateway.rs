@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use crate::counters::WorkerCounters;
 use crate::dpdk::{
-    DpdkError, DriverSignalsBlocked, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN, VLAN_TAGS_LEN,
+    rx_buffer_for, DpdkError, DriverSignalsBlocked, Eal, Mempool, Port, PortStats, MAX_FRAME_LEN,
+    VLAN_TAGS_LEN,
 };
 use crate::pipeline::{Pipeline, PipelineConfig, Side};
 use crate::policy_set::Publisher;
@@ -38,8 +39,9 @@ pub struct GatewayConfig {
 
 impl GatewayConfig {
     /// Room for a jumbo frame with two VLAN tags beyond it (a NIC's MTU does not count
-    /// them), plus DPDK's default headroom.
-    pub const JUMBO_DATA_ROOM: u16 = (MAX_FRAME_LEN + VLAN_TAGS_LEN) as u16 + 128;
+    /// them), as NICs size receive buffers ([`rx_buffer_for`]), plus DPDK's default
+    /// headroom.
+    pub const JUMBO_DATA_ROOM: u16 = rx_buffer_for(MAX_FRAME_LEN + VLAN_TAGS_LEN) as u16 + 128;
 }
 
 /// What a finished run leaves behind for reporting.
@@ -88,7 +90,7 @@ impl<'e> Gateway<'e> {
         for name in &cfg.ports {
             largest = largest.max(Port::largest_frame(eal, name)?);
         }
-        let needed = (largest.div_ceil(64) * 64 + 128).max(2048 + 128);
+        let needed = (rx_buffer_for(largest) + 128).max(2048 + 128);
         let data_room = cfg.data_room.min(u16::try_from(needed).unwrap_or(u16::MAX));
         let pool =
             Mempool::new(eal, "qosgw_pkts", cfg.mbufs, 256, data_room).map_err(|mut e| {

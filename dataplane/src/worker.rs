@@ -142,6 +142,7 @@ impl Worker {
             self.counters.polls.inc();
             if got > 0 {
                 self.counters.busy_polls.inc();
+                self.handed_seen = self.counters.handed.get();
             } else {
                 self.count_handing_poll();
             }
@@ -210,8 +211,9 @@ impl Worker {
         counters.rx_packets[side.index()].add(n as u64);
         if !self.passthrough {
             // Parse and hash the whole burst, then prefetch its flow-cache slots, so that
-            // the packets' cache misses overlap. Frames bigger than a segment (over
-            // MAX_FRAME_LEN) are not parsed: counted as oversized, handled as malformed.
+            // the packets' cache misses overlap. Frames bigger than a segment (beyond a
+            // jumbo frame with two VLAN tags) are not parsed: counted as oversized, handled
+            // as malformed.
             let frames = self
                 .burst
                 .iter()

@@ -139,13 +139,13 @@ impl Eal {
     }
 
     /// Waits until the function launched on worker lcore `lcore` has returned (at once for
-    /// an lcore [`Eal::launch`] would refuse).
+    /// an lcore that is not a worker's).
     pub fn wait(&self, lcore: u32) {
-        if !self.may_launch_on(lcore) {
+        if !self.worker_lcores().contains(&lcore) {
             return;
         }
-        // SAFETY: the EAL is initialised, lcore is a worker lcore and we are on the main
-        // one; waiting on an idle lcore returns at once.
+        // SAFETY: the EAL is initialised and lcore is a worker lcore (in its table); waiting
+        // on an idle lcore returns at once.
         unsafe { dpdk_sys::rte_eal_wait_lcore(lcore) };
     }
 }

@@ -17,7 +17,9 @@ pub use cpus::{CpuSet, DriverSignalsBlocked};
 pub use eal::{lcores_arg, tsc, virtual_device_args, Eal};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
-pub use port::{OpenedPort, Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN, VLAN_TAGS_LEN};
+pub use port::{
+    rx_buffer_for, OpenedPort, Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN, VLAN_TAGS_LEN,
+};
 
 /// An error from DPDK, with what we were doing when it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

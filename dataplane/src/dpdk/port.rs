@@ -20,6 +20,13 @@ const ETHER_CRC_LEN: u32 = 4;
 /// Two VLAN tags (QinQ): NICs receive them beyond the MTU.
 pub const VLAN_TAGS_LEN: u32 = 8;
 
+/// The data room (headroom excluded) an mbuf needs for a NIC to receive `frame`-byte
+/// frames whole: with the CRC some NICs count, rounded up to 1 KiB, since NICs round
+/// their receive buffer down to their unit (1 KiB for ixgbe, 128 bytes for i40e and ice).
+pub const fn rx_buffer_for(frame: u32) -> u32 {
+    (frame + ETHER_CRC_LEN).next_multiple_of(1024)
+}
+
 /// A started Ethernet port. Dropping it stops and closes the device, which is what makes
 /// net_pcap write its `tx_pcap` file; so a `Port` must outlive every queue handle
 /// ([`RxQueue`], [`TxQueue`] hold an `Arc` to it).
@@ -380,7 +387,11 @@ mod tests {
     fn rss_is_asked_for_only_with_queues_to_spread_over_and_only_what_the_device_hashes() {
         assert_eq!(rss_hash_fields(1, u64::MAX), 0);
         assert_eq!(rss_hash_fields(2, 0), 0);
-        assert_eq!(rss_hash_fields(2, u64::MAX), RSS_IP_TCP_UDP_SCTP);
+        // IPV4, FRAG_IPV4, NONFRAG_IPV4_{TCP,UDP,SCTP,OTHER}, the same six for IPv6, and
+        // IPV6_EX, IPV6_TCP_EX, IPV6_UDP_EX (rte_ethdev.h's RTE_BIT64 numbers).
+        let named = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 16, 17];
+        let all = named.iter().fold(0u64, |m, b| m | 1 << b);
+        assert_eq!(rss_hash_fields(2, u64::MAX), all);
         // A device hashing IPv4 TCP and L2 payloads only: TCP, not L2 payload.
         assert_eq!(rss_hash_fields(4, 1 << 4 | 1 << 14), 1 << 4);
     }
