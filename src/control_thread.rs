@@ -83,6 +83,11 @@ pub fn run(ctx: ControlContext) {
     let mut watch = c.ctx.watch.clone();
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
+        // A stop raised during the tick: no reload after it (it would be logged after
+        // the gateway's stop line).
+        if c.ctx.stop.load(Ordering::SeqCst) {
+            break;
+        }
         if signals::take_hangup() {
             let _ = c.reload("SIGHUP");
         }
