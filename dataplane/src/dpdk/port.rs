@@ -103,7 +103,7 @@ impl Port {
         // Chained mbufs only where a frame can outgrow one: scatter makes some drivers
         // (net_tap) read every packet into a chain, which cost a third of TCP throughput
         // through taps. The gateway's pools hold a jumbo frame per mbuf.
-        if pool.data_len() < conf.rxmode.mtu + ETHER_HDR_LEN + VLAN_TAGS_LEN {
+        if pool.data_len() < rx_buffer_for(conf.rxmode.mtu + ETHER_HDR_LEN + VLAN_TAGS_LEN) {
             if info.rx_offload_capa & RX_OFFLOAD_SCATTER != 0 {
                 conf.rxmode.offloads |= RX_OFFLOAD_SCATTER;
             }
