@@ -294,7 +294,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
         let secs = args.seconds;
         let counters: Vec<Arc<WorkerCounters>> = gateway.counters().to_vec();
         std::thread::spawn(move || {
-            let packets = || sum(counters.iter().map(|c| &**c), packets_of);
+            let packets = || sum(counters.iter().map(|c| &**c), WorkerCounters::received);
             let started = Instant::now();
             let mut samples = vec![(0.0, packets())];
             while started.elapsed().as_secs_f64() < secs {
@@ -319,9 +319,9 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     let w: Vec<&WorkerCounters> = report.workers.iter().map(|c| &**c).collect();
     let per_worker: Vec<f64> = w
         .iter()
-        .map(|c| packets_of(c) as f64 / elapsed / 1e6)
+        .map(|c| c.received() as f64 / elapsed / 1e6)
         .collect();
-    let total = sum(w.iter().copied(), packets_of);
+    let total = sum(w.iter().copied(), WorkerCounters::received);
     let hits = sum(w.iter().copied(), |c| c.cache_hits.get());
     let misses = sum(w.iter().copied(), |c| c.cache_misses.get());
     let flows_seen = sum(w.iter().copied(), |c| c.cache_entries.get());
@@ -375,10 +375,6 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
 
 /// The sampling period: testpmd's `--stats-period=1` in scripts/bench.
 const PERIOD_S: f64 = 1.0;
-
-fn packets_of(c: &WorkerCounters) -> u64 {
-    c.rx_packets[0].get() + c.rx_packets[1].get()
-}
 
 /// The steady rate in Mpps from (seconds, packets) samples: the median rate of the whole
 /// periods after the first (which holds the start-up and, with many flows, most of the

@@ -43,15 +43,11 @@ pub fn run(cmd: &PolicyCommand) -> ExitCode {
         PolicyCommand::Check { file } => {
             let (code, lines) = control::check(file);
             if code == 0 {
-                let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-                if let Err(e) = crate::out::print(&text) {
-                    errln!("qosgw: error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                print(&lines.iter().map(|l| format!("{l}\n")).collect::<String>())
             } else {
                 lines.iter().for_each(|l| errln!("{l}"));
+                ExitCode::from(code as u8)
             }
-            ExitCode::from(code as u8)
         }
         PolicyCommand::Explain(a) => {
             match control::explain(
@@ -66,19 +62,25 @@ pub fn run(cmd: &PolicyCommand) -> ExitCode {
                     if !text.ends_with('\n') {
                         text.push('\n');
                     }
-                    match crate::out::print(&text) {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            errln!("qosgw: error: {e}");
-                            ExitCode::FAILURE
-                        }
-                    }
+                    print(&text)
                 }
                 Err(e) => {
                     errln!("{e}");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Prints `text` on stdout: success, or a failure said on stderr (a closed pipe, a full
+/// disk).
+fn print(text: &str) -> ExitCode {
+    match crate::out::print(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            errln!("qosgw: error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -164,7 +164,7 @@ impl StallWatch {
             while !finished.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 let w = counters.iter().map(|c| &**c);
-                let received = sum(w.clone(), |c| c.rx_packets[0].get() + c.rx_packets[1].get());
+                let received = sum(w.clone(), WorkerCounters::received);
                 let held = sum(w, |c| c.shaper_backlog_packets.get());
                 if received != seen || held > 0 || received >= frames {
                     (seen, since) = (received, Instant::now());
@@ -543,7 +543,7 @@ impl Summary {
             .map(|a| PolicyLine::new(&a.stats, tsc_hz))
             .collect();
         Summary {
-            rx_packets: total(|c| c.rx_packets[0].get() + c.rx_packets[1].get()),
+            rx_packets: total(WorkerCounters::received),
             tx_packets: total(|c| c.tx_packets[0].get() + c.tx_packets[1].get()),
             unmatched: total(|c| c.unmatched_packets.get()),
             non_ip: total(|c| c.non_ip_packets.get()),

@@ -114,6 +114,11 @@ pub struct WorkerCounters {
 }
 
 impl WorkerCounters {
+    /// Frames the worker received (processed), on both sides.
+    pub fn received(&self) -> u64 {
+        self.rx_packets[0].get() + self.rx_packets[1].get()
+    }
+
     pub fn malformed_total(&self) -> u64 {
         self.malformed_packets.iter().map(Counter::get).sum()
     }
