@@ -41,8 +41,7 @@ mod tests {
 
     #[test]
     fn exit_codes_and_lines() {
-        let dir = std::env::temp_dir().join(format!("qosgw-check-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("check");
         let good = dir.join("good.json");
         std::fs::write(
             &good,
@@ -88,6 +87,5 @@ mod tests {
         let (code, lines) = check(&dir.join("missing.json"));
         assert_eq!(code, 1);
         assert!(lines[0].contains("missing.json: cannot read the policy file"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

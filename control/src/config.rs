@@ -798,8 +798,7 @@ mod tests {
 
     #[test]
     fn load_from_a_file() {
-        let dir = std::env::temp_dir().join(format!("qosgw-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("config");
         let path = dir.join("gw.json");
         std::fs::write(&path, MINIMAL).unwrap();
         let c = load_gateway_config(&path).unwrap();
@@ -824,6 +823,5 @@ mod tests {
             )),
             "{s}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

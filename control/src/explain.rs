@@ -361,8 +361,7 @@ lost: boss (line 5): step 1, precedence: 100 < 127
 
     #[test]
     fn explain_reads_the_file_and_reports_its_errors() {
-        let dir = std::env::temp_dir().join(format!("qosgw-explain-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("explain");
         let good = dir.join("good.json");
         std::fs::write(
             &good,
@@ -380,6 +379,5 @@ lost: boss (line 5): step 1, precedence: 100 < 127
         );
         let err = explain(&good, "tcp", "nope", "10.0.0.2", None, None).unwrap_err();
         assert!(err.starts_with("--src: "), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

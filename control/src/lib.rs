@@ -59,6 +59,8 @@ pub mod policy;
 mod serialize;
 pub mod table;
 #[cfg(test)]
+mod testdir;
+#[cfg(test)]
 mod testgen;
 pub mod warnings;
 pub mod watch;
@@ -172,8 +174,7 @@ mod tests {
 
     #[test]
     fn only_regular_files_within_the_limit_are_read() {
-        let dir = std::env::temp_dir().join(format!("qosgw-read-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testdir::TestDir::new("read");
         let file = dir.join("p.json");
         std::fs::write(&file, "0123456789").unwrap();
         assert_eq!(read_bounded(&file, 10).unwrap(), b"0123456789");
@@ -188,6 +189,5 @@ mod tests {
             let err = read_bounded(&fifo, 10).unwrap_err().to_string();
             assert_eq!(err, "it is not a regular file");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
