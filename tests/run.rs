@@ -1794,22 +1794,10 @@ fn sigterm_with_a_shaper_backlog_stops_within_2_s_and_accounts_for_every_frame()
 /// A listener on IPv6 loopback takes reloads from `::1`.
 #[test]
 fn a_reload_over_ipv6_loopback_is_accepted() {
-    let dir = Scratch::new("run-v6lo");
-    let (input, output, policies) = (
-        dir.path("in.pcap"),
-        dir.path("out.pcap"),
-        dir.path("policies.json"),
-    );
-    write_capture(&input, &[]);
-    write_policies(&policies, one_policy("alpha", 1000, 10));
+    let (dir, vdevs, policies) = reload_scene("run-v6lo");
     let lo6 = ip("::1");
     let listen = SocketAddr::new(lo6, free_port_on(lo6));
-    let gw = Gateway::start(
-        &dir,
-        &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
-        &policies,
-        listen,
-    );
+    let gw = Gateway::start(&dir, &vdevs, &policies, listen);
     write_policies(&policies, one_policy("beta", 1000, 10));
     // The watcher may publish beta first; the POST publishes it (again) in any case.
     let before = gw.policies().0;
@@ -2069,16 +2057,8 @@ fn tagged_jumbo_frames_are_marked_whole() {
 /// `metrics_listen` with port 0 listens on a free port, and the start line names it.
 #[test]
 fn the_start_line_names_the_metrics_port_bound() {
-    let dir = Scratch::new("run-port-0");
-    let (input, output, policies) = (
-        dir.path("in.pcap"),
-        dir.path("out.pcap"),
-        dir.path("policies.json"),
-    );
-    write_capture(&input, &[]);
-    write_policies(&policies, one_policy("dns", 53, 10));
+    let (dir, vdevs, policies) = reload_scene("run-port-0");
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let vdevs = [vdev_rx_pcap(&input), vdev_tx_pcap(&output)];
     let config = Gateway::write_config(&dir, &vdevs, &policies, any, json!({}));
     let mut gw = Gateway::spawn(&config, any, dir.path("qosgw.log"));
     let bound = poll_until(Duration::from_secs(20), || {
