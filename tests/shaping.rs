@@ -37,6 +37,11 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// A UDP frame of exactly `FRAME` bytes from `src` to `dst`, ports `sport` → `dport`.
 fn frame(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    sized_frame(FRAME, src, dst, sport, dport)
+}
+
+/// As [`frame`], of `len` bytes.
+fn sized_frame(len: usize, src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     let f = Packet::new(
         ip(src),
         ip(dst),
@@ -45,9 +50,9 @@ fn frame(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
             dst: dport,
         },
     )
-    .payload(FRAME - 14 - 20 - 8)
+    .payload(len - 14 - 20 - 8)
     .build();
-    assert_eq!(f.len(), FRAME);
+    assert_eq!(f.len(), len);
     f
 }
 
@@ -372,20 +377,7 @@ fn unthrottled_flow_leaves_at_once_beside_throttled_ones_and_all_keep_their_dscp
 #[test]
 fn unthrottled_frames_do_not_wait_behind_a_backlog_of_200_000() {
     const N: usize = 200_000;
-    let small = |dport: u16| {
-        let f = Packet::new(
-            ip("10.3.1.1"),
-            ip("198.51.100.21"),
-            L4::Udp {
-                src: 42100,
-                dst: dport,
-            },
-        )
-        .payload(64 - 42)
-        .build();
-        assert_eq!(f.len(), 64);
-        f
-    };
+    let small = |dport| sized_frame(64, "10.3.1.1", "198.51.100.21", 42100, dport);
     let (throttled, free) = (small(873), small(16400));
     let frames: Vec<Vec<u8>> = (0..N)
         .flat_map(|i| {
@@ -654,16 +646,7 @@ fn a_backlog_larger_than_the_mbuf_pool_loses_nothing() {
     let _one_at_a_time = serial();
     let dir = Scratch::new("mbufs");
     let (input, output) = (dir.path("in.pcap"), dir.path("out.pcap"));
-    let small = Packet::new(
-        ip("10.7.0.1"),
-        ip("198.51.100.60"),
-        L4::Udp {
-            src: 46000,
-            dst: 9000,
-        },
-    )
-    .payload(64 - 42)
-    .build();
+    let small = sized_frame(64, "10.7.0.1", "198.51.100.60", 46000, 9000);
     write_capture(&input, &vec![small; N]);
     let policy_file = write_policies(
         &dir,
