@@ -13,7 +13,7 @@ use control::http::{self, Request, Response, Route};
 use control::metrics::{self, MetricsSnapshot, PolicyMetrics, PortMetrics, WorkerMetrics};
 use control::watch::{FileWatch, Seen};
 use dataplane::counters::{malformed_label, Eviction, WorkerCounters, MALFORMED_REASONS};
-use dataplane::dpdk::{CpuSet, Port};
+use dataplane::dpdk::{CpuSet, Link, Port};
 use dataplane::pipeline::Side;
 use dataplane::policy_set::Publisher;
 
@@ -81,6 +81,7 @@ pub fn run(ctx: ControlContext) {
             .spawn(move || http::serve(listener, &stop, move |req| c.handle(req)))
     };
     let mut watch = c.ctx.watch.clone();
+    let mut links = LinkWatch::default();
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         // A stop raised during the tick: no reload after it (it would be logged after
@@ -102,9 +103,38 @@ pub fn run(ctx: ControlContext) {
             ),
             Seen::Same => {}
         }
+        links.poll(&c.ctx.ports);
     }
     if let Ok(server) = server {
         let _ = server.join();
+    }
+}
+
+/// Logs each port's link when it changes, and a link found down at start.
+#[derive(Default)]
+struct LinkWatch {
+    last: [Option<Link>; 2],
+}
+
+impl LinkWatch {
+    fn poll(&mut self, ports: &[Arc<Port>; 2]) {
+        for side in Side::BOTH {
+            let port = &ports[side.index()];
+            let now = port.link();
+            let last = self.last[side.index()].replace(now);
+            // Up at start goes without saying (the start line); down never does.
+            if link_news(last, now) {
+                errln!("qosgw: {} port {}: link {now}", side.name(), port.name());
+            }
+        }
+    }
+}
+
+/// Whether a port's link `now`, after `last` (None: not looked at yet), is worth a line.
+fn link_news(last: Option<Link>, now: Link) -> bool {
+    match last {
+        None => !now.up,
+        Some(last) => last != now,
     }
 }
 
@@ -204,6 +234,9 @@ impl Controller {
                     no_mbuf: s.rx_no_mbuf,
                     tx_full: total(&|c| c.tx_full[side.index()].get()),
                     handoff_full: total(&|c| c.handed_dropped[side.index()].get()),
+                    rx_errors: s.rx_errors,
+                    tx_errors: s.tx_errors,
+                    link_up: self.ctx.ports[side.index()].link().up,
                 }
             })
             .collect();
@@ -264,5 +297,38 @@ impl Controller {
             reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
             reloads_error: self.reloads_error.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_news_when_it_changes_or_is_down_at_start() {
+        let up = Link {
+            up: true,
+            speed_mbps: 10_000,
+            full_duplex: true,
+        };
+        let down = Link {
+            up: false,
+            speed_mbps: 0,
+            full_duplex: true,
+        };
+        let slower = Link {
+            speed_mbps: 1_000,
+            ..up
+        };
+        assert!(
+            !link_news(None, up),
+            "up at start: the start line says enough"
+        );
+        assert!(link_news(None, down));
+        assert!(!link_news(Some(up), up));
+        assert!(!link_news(Some(down), down));
+        assert!(link_news(Some(up), down));
+        assert!(link_news(Some(down), up));
+        assert!(link_news(Some(up), slower), "a new speed");
     }
 }

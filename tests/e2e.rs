@@ -984,3 +984,61 @@ fn e2e_run_opens_net_tap_ports() {
         qosgw.output()
     );
 }
+
+/// 7. A port's link that goes down and comes back (the outside cable pulled and put
+///    back): the log says so as it happens, `qosgw_port_link_up` follows, the other port
+///    stays up, and traffic crosses again once the link is back.
+#[test]
+fn e2e_a_link_going_down_and_up_is_logged_and_exported() {
+    let Some(_serial) = serial() else { return };
+    let mut rig = Rig::start(
+        "l",
+        r#"{"policies":[{"name":"other","protocol":"udp","dst_port":9,"dscp":46}]}"#,
+    );
+    let client = rig.ns("NS_CLIENT");
+    let link = |port| rig.metrics().value("qosgw_port_link_up", &[("port", port)]);
+    let settles = |port, want: f64| {
+        let seen = common::poll_until(Duration::from_secs(3), || {
+            (link(port) == want).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "{port} link never read {want}:\n{}",
+            rig.qosgw_log()
+        );
+    };
+    assert_eq!((link("inside"), link("outside")), (1.0, 1.0));
+    let tap = rig.names.get("TAP_OUT");
+
+    run_ok(10, &["ip", "link", "set", tap, "down"]);
+    settles("outside", 0.0);
+    assert_eq!(link("inside"), 1.0);
+    let ping = rig.in_ns(&client, 5, &["ping", "-c", "1", "-W", "1", SERVER]);
+    assert!(!ping.status.success(), "a ping crossed a link that is down");
+    // net_tap fails to write to an interface that is down: the driver's error count.
+    let errors = rig
+        .metrics()
+        .value("qosgw_port_tx_errors_total", &[("port", "outside")]);
+    assert!(errors >= 1.0, "{errors} TX errors on the port that is down");
+
+    run_ok(10, &["ip", "link", "set", tap, "up"]);
+    settles("outside", 1.0);
+    let back = common::poll_until(Duration::from_secs(10), || {
+        let ping = rig.in_ns(&client, 5, &["ping", "-c", "1", "-W", "1", SERVER]);
+        ping.status.success().then_some(())
+    });
+    assert!(back.is_some(), "no ping once the link was back");
+
+    // The scrape reads the link itself; the log follows within the control thread's tick.
+    let up_line = "qosgw: outside port net_tap1: link up at 10 Gb/s\n";
+    let qosgw = rig.qosgw.as_mut().expect("qosgw runs");
+    qosgw.wait_for_output(up_line, Duration::from_secs(2));
+    let log = qosgw.output();
+    let down = log.find("qosgw: outside port net_tap1: link down\n");
+    let up = log.find(up_line);
+    assert!(
+        matches!((down, up), (Some(d), Some(u)) if d < u),
+        "link down, then up, in:\n{log}"
+    );
+    assert!(!log.contains("inside port"), "{log}");
+}

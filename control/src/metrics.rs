@@ -7,7 +7,7 @@
 //! policy that disappears in a reload disappears from the output.
 //!
 //! Every family appears with value 0 when there is something to label it by:
-//! each port gets its three `reason`s of drops, each worker both `result`s of
+//! each port gets every `reason` of drops and its link, each worker both `result`s of
 //! lookups and its three eviction `reason`s, and reloads both `result`s. A
 //! family whose labels come only from the snapshot's lists (policies,
 //! malformed reasons) has one series per entry; pass every malformed reason
@@ -51,6 +51,12 @@ pub struct PortMetrics {
     /// Dropped with `reason="handoff_full"`: received here for another worker whose
     /// inbox was full (`run` with several workers).
     pub handoff_full: u64,
+    /// Frames the driver received in error (a bad CRC, too long) and discarded.
+    pub rx_errors: u64,
+    /// Frames the driver failed to send, as it counts them.
+    pub tx_errors: u64,
+    /// `qosgw_port_link_up`: 1 while the link is up.
+    pub link_up: bool,
 }
 
 /// One policy's counters, summed over the workers.
@@ -82,8 +88,8 @@ pub struct WorkerMetrics {
     pub busy_ratio: f64,
 }
 
-/// Every metric name of SPEC §6 with its type, in the SPEC's order.
-pub const METRIC_NAMES: [(&str, &str); 21] = [
+/// Every metric name of SPEC §6 with its type, in the SPEC's order, then those qosgw adds.
+pub const METRIC_NAMES: [(&str, &str); 24] = [
     ("qosgw_port_rx_packets_total", "counter"),
     ("qosgw_port_tx_packets_total", "counter"),
     ("qosgw_port_rx_bytes_total", "counter"),
@@ -105,6 +111,9 @@ pub const METRIC_NAMES: [(&str, &str); 21] = [
     ("qosgw_policy_generation", "gauge"),
     ("qosgw_policy_reloads_total", "counter"),
     ("qosgw_worker_busy_ratio", "gauge"),
+    ("qosgw_port_link_up", "gauge"),
+    ("qosgw_port_rx_errors_total", "counter"),
+    ("qosgw_port_tx_errors_total", "counter"),
 ];
 
 /// The metric families of one render, registered in a fresh registry.
@@ -180,6 +189,14 @@ pub fn render(s: &MetricsSnapshot) -> String {
             "qosgw_port_tx_bytes_total",
             "Bytes transmitted on the port (Ethernet header through payload, no FCS).",
         ),
+        (
+            "qosgw_port_rx_errors_total",
+            "Frames the port's driver received in error (a bad CRC, too long) and discarded.",
+        ),
+        (
+            "qosgw_port_tx_errors_total",
+            "Frames the port's driver failed to send, as it counts them (a frame it refused is also in qosgw_port_dropped_packets_total with reason tx_full).",
+        ),
     ]
     .map(|(name, help)| f.counter_vec(name, help, &["port"]));
     let port_dropped = f.counter_vec(
@@ -187,8 +204,20 @@ pub fn render(s: &MetricsSnapshot) -> String {
         "Frames dropped at the port: rx_missed (the NIC's RX queue was full), tx_full (the TX queue was full), no_mbuf (no packet buffer for RX), handoff_full (the worker that owns the frame's inside host was too busy to take it).",
         &["port", "reason"],
     );
+    let link_up = f.gauge_vec(
+        "qosgw_port_link_up",
+        "1 while the port's link is up, 0 while it is down (as the driver reports it).",
+        &["port"],
+    );
     for p in &s.ports {
-        let values = [p.rx_packets, p.tx_packets, p.rx_bytes, p.tx_bytes];
+        let values = [
+            p.rx_packets,
+            p.tx_packets,
+            p.rx_bytes,
+            p.tx_bytes,
+            p.rx_errors,
+            p.tx_errors,
+        ];
         for (c, v) in port_counters.iter().zip(values) {
             c.with_label_values(&[p.port.as_str()]).inc_by(v);
         }
@@ -202,6 +231,9 @@ pub fn render(s: &MetricsSnapshot) -> String {
                 .with_label_values(&[p.port.as_str(), reason])
                 .inc_by(v);
         }
+        link_up
+            .with_label_values(&[p.port.as_str()])
+            .set(i64::from(p.link_up));
     }
 
     // Policies.
@@ -426,6 +458,9 @@ mod tests {
                     tx_full: 0,
                     no_mbuf: 1,
                     handoff_full: 7,
+                    rx_errors: 2,
+                    tx_errors: 5,
+                    link_up: true,
                 },
                 PortMetrics {
                     port: "outside".into(),
@@ -491,7 +526,7 @@ mod tests {
     fn every_spec_name_with_its_type_labels_and_help() {
         let text = render(&snapshot());
         let (samples, types, helps) = parse(&text);
-        let spec_labels: HashMap<&str, &[&str]> = HashMap::from([
+        let labels_of: HashMap<&str, &[&str]> = HashMap::from([
             ("qosgw_port_rx_packets_total", &["port"][..]),
             ("qosgw_port_tx_packets_total", &["port"][..]),
             ("qosgw_port_rx_bytes_total", &["port"][..]),
@@ -516,14 +551,17 @@ mod tests {
             ("qosgw_policy_generation", &[][..]),
             ("qosgw_policy_reloads_total", &["result"][..]),
             ("qosgw_worker_busy_ratio", &["worker"][..]),
+            ("qosgw_port_link_up", &["port"][..]),
+            ("qosgw_port_rx_errors_total", &["port"][..]),
+            ("qosgw_port_tx_errors_total", &["port"][..]),
         ]);
-        assert_eq!(spec_labels.len(), METRIC_NAMES.len());
+        assert_eq!(labels_of.len(), METRIC_NAMES.len());
         assert_eq!(types.len(), METRIC_NAMES.len(), "{text}");
         for (name, ty) in METRIC_NAMES {
             assert_eq!(types.get(name).map(String::as_str), Some(ty), "{name}");
             assert!(helps.contains_key(name), "{name}");
             assert!(text.contains(&format!("\n# TYPE {name} {ty}\n")), "{name}");
-            let mut want: Vec<&str> = spec_labels[name].to_vec();
+            let mut want: Vec<&str> = labels_of[name].to_vec();
             want.sort_unstable();
             let series: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
             assert!(!series.is_empty(), "{name}");
@@ -575,6 +613,11 @@ mod tests {
                 want
             );
         }
+        assert_eq!(v("qosgw_port_rx_errors_total", &[("port", "inside")]), 2.0);
+        assert_eq!(v("qosgw_port_tx_errors_total", &[("port", "inside")]), 5.0);
+        assert_eq!(v("qosgw_port_tx_errors_total", &[("port", "outside")]), 0.0);
+        assert_eq!(v("qosgw_port_link_up", &[("port", "inside")]), 1.0);
+        assert_eq!(v("qosgw_port_link_up", &[("port", "outside")]), 0.0);
         assert_eq!(
             v("qosgw_policy_packets_total", &[("policy", "voice")]),
             400.0

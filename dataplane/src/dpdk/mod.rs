@@ -18,7 +18,8 @@ pub use eal::{lcores_arg, tsc, virtual_device_args, Eal};
 pub use mbuf::Mbuf;
 pub use mempool::Mempool;
 pub use port::{
-    rx_buffer_for, OpenedPort, Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN, VLAN_TAGS_LEN,
+    rx_buffer_for, Link, OpenedPort, Port, PortStats, RxQueue, TxQueue, MAX_FRAME_LEN,
+    VLAN_TAGS_LEN,
 };
 
 /// An error from DPDK, with what we were doing when it happened.

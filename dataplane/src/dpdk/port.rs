@@ -59,6 +59,35 @@ pub struct PortStats {
     pub rx_no_mbuf: u64,
 }
 
+/// A port's link as its driver reports it (`rte_eth_link_get_nowait`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub up: bool,
+    /// Mb/s; 0 when the driver does not know (or the link is down).
+    pub speed_mbps: u32,
+    pub full_duplex: bool,
+}
+
+impl std::fmt::Display for Link {
+    /// `down`, or `up`, `up at 10 Gb/s` or `up at 100 Mb/s half duplex`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.up {
+            return f.write_str("down");
+        }
+        f.write_str("up")?;
+        match self.speed_mbps {
+            0 => return Ok(()),
+            s if s % 1000 == 0 => write!(f, " at {} Gb/s", s / 1000)?,
+            s if s >= 1000 => write!(f, " at {} Gb/s", f64::from(s) / 1000.0)?,
+            s => write!(f, " at {s} Mb/s")?,
+        }
+        if !self.full_duplex {
+            f.write_str(" half duplex")?;
+        }
+        Ok(())
+    }
+}
+
 /// The receive side of one queue of a port. There is one handle per queue, and it is not
 /// `Clone`: DPDK queues are single-consumer, so each belongs to one worker.
 #[derive(Debug)]
@@ -224,6 +253,24 @@ impl Port {
             rx_no_mbuf: s.rx_nombuf,
         }
     }
+
+    /// The link's state now, as the driver last saw it (without waiting for it to settle,
+    /// so the control thread can ask every tick).
+    pub fn link(&self) -> Link {
+        let mut l = dpdk_sys::rte_eth_link::default();
+        // SAFETY: self.id is a started port; l is a valid out-pointer. The driver's link
+        // update only reads the device's state (net_tap: an ioctl on its interface) and
+        // publishes it with one atomic 64-bit store, so the workers' bursts are unaffected.
+        let rc = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.id, &mut l) };
+        let up = rc == 0 && l.link_status() == 1;
+        // RTE_ETH_SPEED_NUM_UNKNOWN is u32::MAX.
+        let known = up && l.link_speed != u32::MAX;
+        Link {
+            up,
+            speed_mbps: if known { l.link_speed } else { 0 },
+            full_duplex: l.link_duplex() == 1,
+        }
+    }
 }
 
 impl Drop for Port {
@@ -382,6 +429,23 @@ fn port_id(name: &str) -> Result<u16, DpdkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_reads_as_an_operator_writes_it() {
+        let link = |up, speed_mbps, full_duplex| {
+            Link {
+                up,
+                speed_mbps,
+                full_duplex,
+            }
+            .to_string()
+        };
+        assert_eq!(link(false, 10_000, true), "down");
+        assert_eq!(link(true, 0, true), "up");
+        assert_eq!(link(true, 10_000, true), "up at 10 Gb/s");
+        assert_eq!(link(true, 2_500, true), "up at 2.5 Gb/s");
+        assert_eq!(link(true, 100, false), "up at 100 Mb/s half duplex");
+    }
 
     #[test]
     fn rss_is_asked_for_only_with_queues_to_spread_over_and_only_what_the_device_hashes() {
