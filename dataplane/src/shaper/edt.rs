@@ -258,6 +258,20 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_larger_than_the_burst_waits_for_its_excess_then_leaves() {
+        // 8 Mb/s = 1 byte per 1000 cycles; a 9000-byte frame against a 1514-byte bucket.
+        let mut s = Shaper::new(cfg(8_000_000, 1514, u64::MAX));
+        let now = 1_000_000_000;
+        assert!(s.is_idle(now));
+        // At a full bucket: the 7486 bytes beyond the burst, at the rate.
+        let first = now + 7_486_000;
+        assert_eq!(s.schedule(now, 9000), Decision::At(first));
+        // The next one a whole frame's time later: 18 000 bytes in 9 ms, the bound
+        // max(burst, frame) + rate × T of DECISIONS.
+        assert_eq!(s.schedule(now, 9000), Decision::At(first + 9_000_000));
+    }
+
+    #[test]
     fn zero_burst_paces_every_packet() {
         let mut s = Shaper::new(cfg(8_000_000, 0, u64::MAX));
         assert_eq!(s.schedule(1_000, 10), Decision::At(11_000));
