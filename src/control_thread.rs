@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use control::http::{self, Request, Response, Route};
 use control::metrics::{self, MetricsSnapshot, PolicyMetrics, PortMetrics, WorkerMetrics};
+use control::process::ProcessMetrics;
 use control::watch::{FileWatch, Seen};
 use dataplane::counters::{malformed_label, Eviction, WorkerCounters, MALFORMED_REASONS};
 use dataplane::dpdk::{CpuSet, Link, Port};
@@ -296,6 +297,7 @@ impl Controller {
             policy_generation: self.ctx.publisher.generation(),
             reloads_ok: self.reloads_ok.load(Ordering::Relaxed),
             reloads_error: self.reloads_error.load(Ordering::Relaxed),
+            process: ProcessMetrics::read(),
         }
     }
 }

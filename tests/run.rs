@@ -451,6 +451,7 @@ fn metrics_after_forwarding_count_every_policy_and_port() {
     let total_bytes: u64 = t.frames.iter().map(|f| f.len() as u64).sum();
     write_capture(&input, &t.frames);
     write_policies(&policies, metrics_policies());
+    let before_start = std::time::SystemTime::now();
     let mut gw = Gateway::start(
         &dir,
         &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
@@ -573,6 +574,36 @@ fn metrics_after_forwarding_count_every_policy_and_port() {
     assert_eq!(v("qosgw_policy_generation", &[]), 1.0);
     assert_eq!(v("qosgw_policy_reloads_total", &[("result", "ok")]), 0.0);
     assert_eq!(v("qosgw_policy_reloads_total", &[("result", "error")]), 0.0);
+
+    // The process families, against the process as /proc shows it from outside.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.proc.pid())).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    let rss = v("process_resident_memory_bytes", &[]);
+    assert!(
+        (0.5..2.0).contains(&(rss / (rss_kb * 1024.0))),
+        "resident {rss} bytes, /proc says {rss_kb} kB"
+    );
+    let epoch = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let started = v("process_start_time_seconds", &[]);
+    assert!(
+        started >= epoch(before_start) - 1.0 && started <= epoch(std::time::SystemTime::now()),
+        "started at {started}"
+    );
+    assert!(v("process_cpu_seconds_total", &[]) > 0.0);
+    assert!(
+        v("process_threads", &[]) >= 3.0,
+        "main lcore, control, HTTP"
+    );
+    let fds = v("process_open_fds", &[]);
+    assert!(fds >= 3.0 && fds <= v("process_max_fds", &[]), "{fds} fds");
 
     // The output carries every frame, in order, with its policy's DSCP.
     let (st, _, _) = gw.terminate("TERM", Duration::from_secs(5));
@@ -1599,6 +1630,7 @@ fn prometheus_scrapes_the_policy_counters() {
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{body}");
+
     prom.signal("TERM");
     assert!(
         prom.wait_for(Duration::from_secs(10)).is_some(),

@@ -56,6 +56,7 @@ pub mod json;
 pub mod metrics;
 pub mod parse;
 pub mod policy;
+pub mod process;
 mod serialize;
 pub mod table;
 #[cfg(test)]

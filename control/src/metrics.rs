@@ -14,7 +14,11 @@
 //! the dataplane knows, even at 0, so that it appears.
 
 use prometheus::core::Collector;
-use prometheus::{Encoder, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    Counter, Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+
+use crate::process::ProcessMetrics;
 
 /// What [`render`] shows: counters since start and current gauges.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +36,8 @@ pub struct MetricsSnapshot {
     pub policy_generation: u64,
     pub reloads_ok: u64,
     pub reloads_error: u64,
+    /// The conventional `process_*` families, when the process could be read.
+    pub process: Option<ProcessMetrics>,
 }
 
 /// One port's counters (from `rte_eth_stats_get` and the TX path).
@@ -153,6 +159,20 @@ impl Families {
     fn gauge(&self, name: &str, help: &str, value: u64) {
         if let Ok(g) = IntGauge::with_opts(Opts::new(name, help)) {
             g.set(clamp(value));
+            self.add(g);
+        }
+    }
+
+    fn float_counter(&self, name: &str, help: &str, value: f64) {
+        if let Ok(c) = Counter::with_opts(Opts::new(name, help)) {
+            c.inc_by(value);
+            self.add(c);
+        }
+    }
+
+    fn float_gauge(&self, name: &str, help: &str, value: f64) {
+        if let Ok(g) = Gauge::with_opts(Opts::new(name, help)) {
+            g.set(value);
             self.add(g);
         }
     }
@@ -361,6 +381,49 @@ pub fn render(s: &MetricsSnapshot) -> String {
         .with_label_values(&["error"])
         .inc_by(s.reloads_error);
 
+    // The process, under the names every Prometheus client library gives it.
+    if let Some(p) = &s.process {
+        f.float_counter(
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            p.cpu_seconds,
+        );
+        f.float_gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            p.start_time_seconds,
+        );
+        for (name, help, v) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                p.resident_bytes,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                p.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors.",
+                p.max_fds,
+            ),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                p.threads,
+            ),
+        ] {
+            f.gauge(name, help, v);
+        }
+    }
+
     let mut out = Vec::new();
     // Encoding into a Vec cannot fail for families built here.
     let _ = prometheus::TextEncoder::new().encode(&f.registry.gather(), &mut out);
@@ -506,6 +569,38 @@ mod tests {
             policy_generation: 3,
             reloads_ok: 2,
             reloads_error: 0,
+            process: None,
+        }
+    }
+
+    #[test]
+    fn the_process_families_under_their_conventional_names() {
+        let s = MetricsSnapshot {
+            process: Some(ProcessMetrics {
+                cpu_seconds: 12.5,
+                resident_bytes: 734_003_200,
+                virtual_bytes: 2_147_483_648,
+                start_time_seconds: 1_795_794_552.25,
+                open_fds: 23,
+                max_fds: 20_000,
+                threads: 6,
+            }),
+            ..snapshot()
+        };
+        let text = render(&s);
+        let (samples, types, _) = parse(&text);
+        let v = |name| value(&samples, name, &[]);
+        for (name, ty, want) in [
+            ("process_cpu_seconds_total", "counter", 12.5),
+            ("process_resident_memory_bytes", "gauge", 734_003_200.0),
+            ("process_virtual_memory_bytes", "gauge", 2_147_483_648.0),
+            ("process_start_time_seconds", "gauge", 1_795_794_552.25),
+            ("process_open_fds", "gauge", 23.0),
+            ("process_max_fds", "gauge", 20_000.0),
+            ("process_threads", "gauge", 6.0),
+        ] {
+            assert_eq!(types.get(name).map(String::as_str), Some(ty), "{name}");
+            assert_eq!(v(name), want, "{name}");
         }
     }
 
@@ -571,6 +666,15 @@ mod tests {
             }
         }
         assert!(samples.iter().all(|s| s.name.starts_with("qosgw_")));
+        let process: Vec<&str> = types
+            .keys()
+            .filter(|n| n.starts_with("process_"))
+            .map(String::as_str)
+            .collect();
+        assert!(
+            process.is_empty(),
+            "no process reading, no family: {process:?}"
+        );
     }
 
     #[test]
