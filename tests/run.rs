@@ -1541,6 +1541,18 @@ fn reload_under_load(source: Source) {
 // ---------------------------------------------------------------------------------------
 // 5. A real Prometheus server scraping qosgw every second.
 
+/// `s` for a URL's query string: every byte but the unreserved ones as `%XX`.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[test]
 fn prometheus_scrapes_the_policy_counters() {
     let _exclusive = exclusive();
@@ -1631,6 +1643,29 @@ fn prometheus_scrapes_the_policy_counters() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["data"]["result"][0]["value"][1], "1", "{body}");
 
+    // Every query of the Grafana dashboard runs on this Prometheus and finds series.
+    let text = std::fs::read_to_string("config/grafana-dashboard.json").unwrap();
+    let dash: Value = serde_json::from_str(&text).unwrap();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let query = expr.replace("$__rate_interval", "10s");
+            let path = format!("/api/v1/query?query={}", percent_encoded(&query));
+            let mut last = String::new();
+            let found = poll_until(Duration::from_secs(15), || {
+                let (status, body) = http(prom_addr, "GET", &path).ok()?;
+                last = body.clone();
+                let v: Value = serde_json::from_str(&body).ok()?;
+                let series = v["data"]["result"].as_array()?.len();
+                (status == 200 && series > 0).then_some(())
+            });
+            assert!(
+                found.is_some(),
+                "panel {}: {expr} found nothing; last answer: {last}",
+                panel["title"]
+            );
+        }
+    }
     prom.signal("TERM");
     assert!(
         prom.wait_for(Duration::from_secs(10)).is_some(),
