@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use control::http::{self, Request, Response, Route};
 use control::metrics::{self, MetricsSnapshot, PolicyMetrics, PortMetrics, WorkerMetrics};
@@ -18,6 +18,8 @@ use dataplane::dpdk::{CpuSet, Link, Port};
 use dataplane::pipeline::Side;
 use dataplane::policy_set::Publisher;
 
+use crate::liveness::Liveness;
+use crate::notify::Notifier;
 use crate::signals;
 
 /// What the control thread is handed once the gateway is up.
@@ -34,6 +36,8 @@ pub struct ControlContext {
     pub cpus: Option<CpuSet>,
     /// Raised to stop the workers (and this thread).
     pub stop: Arc<AtomicBool>,
+    /// systemd's notification socket, when started by a `Type=notify` unit.
+    pub notifier: Option<Notifier>,
 }
 
 /// How often the control thread looks at signals and the policy file.
@@ -47,6 +51,8 @@ struct Controller {
     reloading: Mutex<()>,
     /// Polls and busy polls per worker at the previous scrape, for the busy ratio.
     last_polls: Mutex<Vec<(u64, u64)>>,
+    /// Whether each worker still polls (`/healthz`, the watchdog).
+    liveness: Mutex<Liveness>,
 }
 
 pub fn run(ctx: ControlContext) {
@@ -70,6 +76,7 @@ pub fn run(ctx: ControlContext) {
     };
     let c = Arc::new(Controller {
         last_polls: Mutex::new(vec![(0, 0); ctx.workers.len()]),
+        liveness: Mutex::new(Liveness::new(ctx.workers.len(), Instant::now())),
         ctx,
         reloads_ok: AtomicU64::new(0),
         reloads_error: AtomicU64::new(0),
@@ -83,6 +90,9 @@ pub fn run(ctx: ControlContext) {
     };
     let mut watch = c.ctx.watch.clone();
     let mut links = LinkWatch::default();
+    let notifier = c.ctx.notifier.as_ref();
+    notifier.inspect(|n| n.send("READY=1"));
+    let mut stuck_before = None;
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
         // A stop raised during the tick: no reload after it (it would be logged after
@@ -105,7 +115,28 @@ pub fn run(ctx: ControlContext) {
             Seen::Same => {}
         }
         links.poll(&c.ctx.ports);
+        let stuck = c.stuck_worker();
+        match (stuck, stuck_before) {
+            (Some((w, still)), None) => errln!(
+                "qosgw: worker {w} has not polled for {:.1} s; /healthz answers 503{}",
+                still.as_secs_f64(),
+                if notifier.is_some_and(Notifier::wants_pings) {
+                    " and systemd's watchdog is no longer fed"
+                } else {
+                    ""
+                }
+            ),
+            (None, Some((w, _))) => errln!("qosgw: worker {w} polls again"),
+            _ => {}
+        }
+        stuck_before = stuck;
+        if stuck.is_none() {
+            notifier
+                .filter(|n| n.wants_pings())
+                .inspect(|n| n.send("WATCHDOG=1"));
+        }
     }
+    notifier.inspect(|n| n.send("STOPPING=1"));
     if let Ok(server) = server {
         let _ = server.join();
     }
@@ -188,7 +219,16 @@ impl Controller {
     fn handle(&self, req: &Request) -> Response {
         match http::route(req) {
             Err(refused) => refused,
-            Ok(Route::Healthz) => Response::text(200, "ok\n"),
+            Ok(Route::Healthz) => match self.stuck_worker() {
+                None => Response::text(200, "ok\n"),
+                Some((w, still)) => Response::text(
+                    503,
+                    format!(
+                        "worker {w} has not polled for {:.1} s\n",
+                        still.as_secs_f64()
+                    ),
+                ),
+            },
             Ok(Route::Metrics) => Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -215,6 +255,13 @@ impl Controller {
                 ),
             },
         }
+    }
+
+    /// The first worker whose poll count has stood still too long, if any.
+    fn stuck_worker(&self) -> Option<(usize, Duration)> {
+        let polls: Vec<u64> = self.ctx.workers.iter().map(|c| c.polls.get()).collect();
+        let mut liveness = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        liveness.observe(&polls, Instant::now())
     }
 
     /// Everything SPEC §6 exports, read from the workers' counters and DPDK's port stats.

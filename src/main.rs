@@ -5,6 +5,8 @@ mod out;
 
 mod bench;
 mod control_thread;
+mod liveness;
+mod notify;
 mod policy_cmd;
 mod replay;
 mod run;

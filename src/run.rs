@@ -160,6 +160,7 @@ fn start(
         listener,
         cpus: eal.control_cpus(),
         stop: stop.clone(),
+        notifier: crate::notify::Notifier::from_env(),
     };
     let cpus = ctx.cpus;
     // The address bound, not the configured one: port 0 picks a free port.

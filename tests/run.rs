@@ -102,8 +102,19 @@ impl Gateway {
 
     /// Starts `qosgw run` without waiting for it.
     fn spawn(config: &Path, listen: SocketAddr, log: PathBuf) -> Gateway {
+        Gateway::spawn_with_env(config, listen, log, &[])
+    }
+
+    /// [`Gateway::spawn`] with `env` added to its environment.
+    fn spawn_with_env(
+        config: &Path,
+        listen: SocketAddr,
+        log: PathBuf,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_qosgw"));
         cmd.arg("run").arg("--config").arg(config);
+        cmd.envs(env.iter().copied());
         Gateway {
             proc: ChildGuard::spawn(cmd, log),
             addr: listen,
@@ -451,7 +462,7 @@ fn metrics_after_forwarding_count_every_policy_and_port() {
     let total_bytes: u64 = t.frames.iter().map(|f| f.len() as u64).sum();
     write_capture(&input, &t.frames);
     write_policies(&policies, metrics_policies());
-    let before_start = std::time::SystemTime::now();
+    let before_start = SystemTime::now();
     let mut gw = Gateway::start(
         &dir,
         &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
@@ -587,14 +598,10 @@ fn metrics_after_forwarding_count_every_policy_and_port() {
         (0.5..2.0).contains(&(rss / (rss_kb * 1024.0))),
         "resident {rss} bytes, /proc says {rss_kb} kB"
     );
-    let epoch = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    };
+    let epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
     let started = v("process_start_time_seconds", &[]);
     assert!(
-        started >= epoch(before_start) - 1.0 && started <= epoch(std::time::SystemTime::now()),
+        started >= epoch(before_start) - 1.0 && started <= epoch(SystemTime::now()),
         "started at {started}"
     );
     assert!(v("process_cpu_seconds_total", &[]) > 0.0);
@@ -2160,4 +2167,54 @@ fn a_policy_file_that_goes_is_logged_once_and_loaded_when_it_returns() {
         (gw.policies() == (2, vec!["beta".to_owned()])).then_some(())
     });
     assert!(back.is_some(), "{:?}\n{}", gw.policies(), gw.proc.output());
+}
+
+/// Under a `Type=notify` unit with a watchdog (config/qosgw.service), systemd hears
+/// `READY=1` once the gateway is up, `WATCHDOG=1` pings while its worker polls (every
+/// control tick, well within the 1 s asked for here), and `STOPPING=1` on SIGTERM.
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let (dir, vdevs, policies) = reload_scene("run-notify");
+    let listen = free_loopback();
+    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
+    let socket_path = dir.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.as_os_str()),
+        ("WATCHDOG_USEC", "1000000".as_ref()),
+    ];
+    let mut gw = Gateway::spawn_with_env(&config, listen, dir.path("qosgw.log"), &env);
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    assert_eq!(next().as_deref(), Some("READY=1"), "{}", gw.proc.output());
+    gw.wait_ready();
+    let t0 = Instant::now();
+    let mut pings = 0;
+    while t0.elapsed() < Duration::from_secs(1) {
+        assert_eq!(next().as_deref(), Some("WATCHDOG=1"));
+        pings += 1;
+    }
+    assert!(pings >= 3, "{pings} pings in a second");
+    assert_eq!(gw.get("/healthz"), (200, "ok\n".to_owned()));
+    let (st, _, _) = gw.terminate("TERM", Duration::from_secs(5));
+    assert!(st.success(), "{st}:\n{}", gw.proc.output());
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(m) = next() {
+        rest.push(m);
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{rest:?}"
+    );
 }

@@ -1,0 +1,111 @@
+//! systemd's service notifications (sd_notify(3)) for `qosgw run` under a `Type=notify`
+//! unit with a watchdog (config/qosgw.service): `READY=1` once forwarding, `WATCHDOG=1`
+//! while every worker is polling, `STOPPING=1` on the way out. Without `NOTIFY_SOCKET` in
+//! the environment (not started by systemd) nothing is sent.
+//!
+//! The watchdog is why this exists: a worker that stops polling (a driver that hangs, a
+//! bug) stops the pings, and systemd restarts the gateway instead of leaving the link dark
+//! behind a process that still answers.
+
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
+
+/// Where and how often to tell systemd.
+#[derive(Debug)]
+pub struct Notifier {
+    socket: UnixDatagram,
+    to: SocketAddr,
+    /// `WATCHDOG_USEC`, when systemd expects pings (and they are for this process).
+    watchdog: Option<Duration>,
+}
+
+impl Notifier {
+    /// The notifier `NOTIFY_SOCKET` and `WATCHDOG_USEC`/`WATCHDOG_PID` describe, if any.
+    pub fn from_env() -> Option<Notifier> {
+        let path = std::env::var_os("NOTIFY_SOCKET")?;
+        let pid = std::env::var("WATCHDOG_PID").ok();
+        let watchdog = std::env::var("WATCHDOG_USEC").ok();
+        Notifier::new(
+            path.to_str()?,
+            watchdog.as_deref(),
+            pid.as_deref(),
+            std::process::id(),
+        )
+    }
+
+    /// A notifier for the socket `path` (`@name` for an abstract one) with the watchdog
+    /// settings as systemd sets them, for the process `me`.
+    fn new(path: &str, usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Notifier> {
+        let to = match path.strip_prefix('@') {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name).ok()?
+            }
+            None => SocketAddr::from_pathname(path).ok()?,
+        };
+        // WATCHDOG_PID names the process the pings are for: not ours, none to send.
+        let ours = pid.is_none_or(|p| p.parse() == Ok(me));
+        let watchdog = usec
+            .and_then(|u| u.parse::<u64>().ok())
+            .filter(|&u| u > 0 && ours)
+            .map(Duration::from_micros);
+        Some(Notifier {
+            socket: UnixDatagram::unbound().ok()?,
+            to,
+            watchdog,
+        })
+    }
+
+    /// Sends `state` (`KEY=VALUE` lines). A lost notification is not worth stopping for:
+    /// systemd then acts on its own timeouts.
+    pub fn send(&self, state: &str) {
+        let _ = self.socket.send_to_addr(state.as_bytes(), &self.to);
+    }
+
+    /// Whether systemd expects `WATCHDOG=1` pings.
+    pub fn wants_pings(&self) -> bool {
+        self.watchdog.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_ours_only_when_systemd_says_so() {
+        let n = |usec, pid| Notifier::new("/run/x.sock", usec, pid, 42).unwrap();
+        assert!(n(Some("5000000"), None).wants_pings());
+        assert!(n(Some("5000000"), Some("42")).wants_pings());
+        assert!(
+            !n(Some("5000000"), Some("43")).wants_pings(),
+            "another process's"
+        );
+        assert!(!n(Some("0"), None).wants_pings());
+        assert!(!n(None, None).wants_pings());
+        assert!(!n(Some("soon"), None).wants_pings());
+    }
+
+    #[test]
+    fn notifications_reach_the_socket_path_and_abstract_names() {
+        let dir = std::env::temp_dir().join(format!("qosgw-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = UnixDatagram::bind(&dir).unwrap();
+        let n = Notifier::new(dir.to_str().unwrap(), None, None, 1).unwrap();
+        n.send("READY=1");
+        let mut buf = [0u8; 64];
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"READY=1");
+        std::fs::remove_file(&dir).unwrap();
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("qosgw-notify-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(&name).unwrap();
+        let listener = UnixDatagram::bind_addr(&addr).unwrap();
+        Notifier::new(&format!("@{name}"), None, None, 1)
+            .unwrap()
+            .send("WATCHDOG=1");
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"WATCHDOG=1");
+    }
+}
