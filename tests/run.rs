@@ -2218,3 +2218,89 @@ fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
         "{rest:?}"
     );
 }
+
+/// Stops one thread (and only it) for a while: PTRACE_SEIZE and PTRACE_INTERRUPT, unlike
+/// SIGSTOP, leave the process's other threads running. Prints `stopped`, then `resumed`.
+const FREEZE_THREAD: &str = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+tid, seconds = int(sys.argv[1]), float(sys.argv[2])
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, WALL = 17, 0x4206, 0x4207, 0x40000000
+assert libc.ptrace(PTRACE_SEIZE, tid, None, None) == 0, ctypes.get_errno()
+assert libc.ptrace(PTRACE_INTERRUPT, tid, None, None) == 0, ctypes.get_errno()
+os.waitpid(tid, WALL)
+print("stopped", flush=True)
+time.sleep(seconds)
+libc.ptrace(PTRACE_DETACH, tid, None, None)
+print("resumed", flush=True)
+"#;
+
+/// A worker that stops polling (its thread frozen for 3.5 s) is reported: `/healthz`
+/// answers 503 naming it, the log says so, systemd's watchdog pings stop; when it polls
+/// again all three recover.
+#[test]
+fn a_stuck_worker_fails_healthz_and_starves_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let (dir, vdevs, policies) = reload_scene("run-stuck");
+    let listen = free_loopback();
+    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
+    let socket_path = dir.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.as_os_str()),
+        ("WATCHDOG_USEC", "1000000".as_ref()),
+    ];
+    let mut gw = Gateway::spawn_with_env(&config, listen, dir.path("qosgw.log"), &env);
+    gw.wait_ready();
+    // With one worker, worker 0 runs on the process's main thread.
+    let script = dir.path("freeze.py");
+    std::fs::write(&script, FREEZE_THREAD).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(gw.proc.pid().to_string()).arg("3.5");
+    let freezer = ChildGuard::spawn(cmd, dir.path("freeze.log"));
+    let stopped = poll_until(Duration::from_secs(10), || {
+        freezer.output().contains("stopped").then_some(())
+    });
+    assert!(stopped.is_some(), "freeze.py: {}", freezer.output());
+    let unhealthy = poll_until(Duration::from_secs(3), || {
+        let (status, body) = gw.get("/healthz");
+        (status == 503).then_some(body)
+    });
+    assert_eq!(
+        unhealthy
+            .as_deref()
+            .map(|b| b.starts_with("worker 0 has not polled for")),
+        Some(true),
+        "{unhealthy:?}\n{}",
+        gw.proc.output()
+    );
+    // The control thread logs it at its next tick, and stops pinging: none come while the
+    // stall lasts.
+    gw.proc
+        .wait_for_output("qosgw: worker 0 has not polled for", Duration::from_secs(2));
+    socket.set_nonblocking(true).unwrap();
+    while socket.recv(&mut [0u8; 64]).is_ok() {}
+    std::thread::sleep(Duration::from_millis(600));
+    let pings = std::iter::from_fn(|| socket.recv(&mut [0u8; 64]).ok()).count();
+    assert_eq!(pings, 0, "watchdog pings during the stall");
+
+    let resumed = poll_until(Duration::from_secs(10), || {
+        freezer.output().contains("resumed").then_some(())
+    });
+    assert!(resumed.is_some(), "freeze.py: {}", freezer.output());
+    let healthy = poll_until(Duration::from_secs(3), || {
+        (gw.get("/healthz") == (200, "ok\n".to_owned())).then_some(())
+    });
+    assert!(healthy.is_some(), "{}", gw.proc.output());
+    // The control thread logs it at its next tick.
+    gw.proc
+        .wait_for_output("qosgw: worker 0 polls again", Duration::from_secs(2));
+    socket.set_nonblocking(false).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("pings again");
+    assert_eq!(&buf[..n], b"WATCHDOG=1");
+}
