@@ -1191,6 +1191,112 @@ fn reloading_100_times_under_live_veth_traffic_loses_and_reorders_nothing() {
     reload_under_load(Source::Veth);
 }
 
+/// Found by an audit (session 9): a reload that moves a throttled flow off its shaper (here
+/// a rename that also drops the throttle, and back) let the flow's next packets overtake
+/// those its old shaper still held, some 20 per reload. Two flows offered 1.6 Mb/s each
+/// against a 1 Mb/s per-flow throttle keep a backlog of `max_delay_ms`; eight reloads
+/// switch them between it and an unthrottled policy. Every flow's frames must leave in
+/// order, and every frame not sent must be one the shaper dropped.
+#[test]
+fn reloads_that_move_throttled_flows_off_their_shaper_keep_their_order() {
+    let _exclusive = exclusive();
+    const RATE: u32 = 2000; // frames a second, both flows
+    let dir = Scratch::new("run-handover");
+    let (fifo, output, policies) = (
+        dir.path("in.fifo"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    let set = |throttled: bool| {
+        padded(if throttled {
+            json!([{ "name": "slow", "protocol": "udp", "dst_port": "5000-5999", "dscp": 10,
+                     "throttle": "1Mbps", "throttle_per": "flow" }])
+        } else {
+            json!([{ "name": "quick", "protocol": "udp", "dst_port": "5000-5999", "dscp": 20 }])
+        })
+    };
+    // Frame i is flow i % 2's frame number i / 2: 200 bytes.
+    let frame = |i: u32| {
+        let (flow, seq) = ((i % 2) as u16, i / 2);
+        let mut payload = MAGIC.to_vec();
+        payload.extend(flow.to_be_bytes());
+        payload.extend(seq.to_be_bytes());
+        payload.resize(200 - 42, 0xa5);
+        let (src, dst) = (ip(&format!("10.9.0.{}", flow + 1)), ip("10.9.1.1"));
+        Packet::new(
+            src,
+            dst,
+            L4::Udp {
+                src: 40000,
+                dst: 5000 + flow,
+            },
+        )
+        .data(&payload)
+        .build()
+    };
+    std::fs::write(&policies, set(true)).unwrap();
+    sh(&["mkfifo", fifo.to_str().unwrap()]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (fifo2, stop2) = (fifo.clone(), stop.clone());
+    let feeder = std::thread::spawn(move || feed_fifo(fifo2, frame, RATE, 30 * RATE, &stop2));
+    let mut gw = Gateway::start_with_settings(
+        &dir,
+        &[vdev_rx_pcap(&fifo), vdev_tx_pcap(&output)],
+        &policies,
+        free_loopback(),
+        json!({ "shaper": { "max_delay_ms": 300 } }),
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    for k in 0..8 {
+        overwrite_unnoticed(&policies, &set(k % 2 == 1));
+        let (status, body) = gw.post_reload();
+        assert_eq!(status, 200, "reload {k}: {body}");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = feeder
+        .join()
+        .expect("the FIFO feeder")
+        .expect("writing the FIFO");
+    let dropped = || {
+        let (_, s) = gw.metrics();
+        let v = |p| sample(&s, "qosgw_policy_dropped_packets_total", &[("policy", p)]);
+        v("slow").unwrap_or(0.0) + v("quick").unwrap_or(0.0)
+    };
+    let settled = poll_until(Duration::from_secs(10), || {
+        let out = gw.value("qosgw_port_tx_packets_total", &[("port", "outside")]);
+        (out + dropped() == f64::from(sent)).then_some(())
+    });
+    assert!(settled.is_some(), "{sent} sent; {}", gw.get("/metrics").1);
+    let dropped = dropped();
+    let (st, _, _) = gw.terminate("TERM", Duration::from_secs(5));
+    assert!(st.success(), "{st}:\n{}", gw.proc.output());
+
+    let got = read_capture(&output);
+    let mut last = [None::<u32>; 2];
+    let (mut reordered, mut dscps) = (Vec::new(), BTreeMap::new());
+    for r in &got {
+        let (flow, seq) = flow_seq(&r.data).expect("a test frame");
+        if last[flow as usize].is_some_and(|l| seq < l) {
+            reordered.push((flow, seq, last[flow as usize]));
+        }
+        last[flow as usize] = Some(seq);
+        *dscps.entry(r.data[15] >> 2).or_insert(0) += 1;
+    }
+    assert!(
+        reordered.is_empty(),
+        "{} frames overtaken, e.g. (flow, seq, after seq) {:?}",
+        reordered.len(),
+        &reordered[..reordered.len().min(8)]
+    );
+    assert_eq!(got.len() as f64 + dropped, f64::from(sent), "frames lost");
+    assert!(dropped > 0.0, "the throttled flows kept a backlog");
+    assert!(
+        dscps[&10] > 500 && dscps[&20] > 500,
+        "both policies carried traffic: {dscps:?}"
+    );
+}
+
 /// Continuous traffic of 8 flows matched by one policy (and one flow matched by none) while
 /// the policy set is replaced 100 times by POST, alternating DSCP A and B for the same
 /// match: every frame qosgw receives leaves, in order within its flow, with the DSCP of the

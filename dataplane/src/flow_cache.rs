@@ -58,6 +58,10 @@ impl FlowEntry {
     pub const NO_POLICY: u32 = u32::MAX;
     /// Never a [`generation_tag`]: a new entry is always classified.
     pub const UNCLASSIFIED: u32 = u32::MAX;
+    /// Never a [`generation_tag`] either: the flow is held after a reload moved it off a
+    /// shaper that still holds its packets ([`crate::handover`]), so each of its packets
+    /// takes the stale-entry path until the hold ends.
+    pub const HOLDING: u32 = u32::MAX - 1;
 }
 
 /// What a flow entry stores of a policy generation: its low 31 bits, which keeps the slot

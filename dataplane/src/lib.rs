@@ -8,6 +8,7 @@ pub mod counters;
 pub mod distribute;
 pub mod flow_cache;
 pub mod fragments;
+pub mod handover;
 pub mod huge_pages;
 pub mod pcap;
 pub mod pipeline;

@@ -10,6 +10,7 @@ use control::{Direction, MatchKey};
 use crate::counters::WorkerCounters;
 use crate::flow_cache::{generation_tag, Candidate, FlowCache, FlowEntry, Probe, Tick, Timeouts};
 use crate::fragments::FragmentTable;
+use crate::handover::{self, Hold, Holds};
 use crate::policy_set::{Actions, PolicySet, Subscriber};
 use crate::shaper::{Decision, PolicyShaper, ScopeKey, ShaperHint, WorkerShapers};
 use crate::wire::{self, FlowKey, Fragment, Kind, PacketInfo};
@@ -101,6 +102,8 @@ pub struct Pipeline {
     cache: FlowCache,
     fragments: FragmentTable,
     shapers: WorkerShapers,
+    /// Flows a reload moved off a shaper that still held their packets.
+    holds: Holds,
     tsc_hz: u64,
     /// The current burst after its first stages: the first `n_staged` entries.
     staged: Box<[Staged; Pipeline::MAX_STAGED]>,
@@ -128,6 +131,7 @@ impl Pipeline {
             tsc_hz,
             cache: FlowCache::new(config.flow_capacity, config.timeouts, counters.clone()),
             fragments: FragmentTable::default(),
+            holds: Holds::default(),
             config,
             counters,
             policies,
@@ -146,6 +150,7 @@ impl Pipeline {
         // A shaper idle for a second has a full bucket: its state is not worth keeping.
         self.shapers
             .retire_idle(now.saturating_sub(self.tsc_hz), EXPIRE_PER_LOOP);
+        self.holds.expire(now);
     }
 
     /// Processes one frame received on `side` at TSC time `now`. `frame` holds the whole
@@ -220,6 +225,7 @@ impl Pipeline {
             tag: generation_tag(set.generation),
             cache: &mut self.cache,
             fragments: &mut self.fragments,
+            holds: &mut self.holds,
             act: Act {
                 shapers: &mut self.shapers,
                 counters: &self.counters,
@@ -246,6 +252,7 @@ impl Pipeline {
 struct Burst<'p> {
     cache: &'p mut FlowCache,
     fragments: &'p mut FragmentTable,
+    holds: &'p mut Holds,
     /// The flow cache's clock now.
     tick: Tick,
     /// The [`generation_tag`] of the policies in force.
@@ -277,14 +284,17 @@ impl Burst<'_> {
         if info.fragment != Fragment::None {
             return self.fragment(info, staged.probe, frame);
         }
-        let entry = flow_entry(
-            self.cache,
-            self.tick,
-            self.tag,
-            &self.act,
-            info,
-            staged.probe,
-        );
+        let entry = flow_entry(self.cache, self.tick, info, staged.probe);
+        if entry.generation != self.tag {
+            return stale(
+                entry,
+                &mut self.act,
+                self.holds,
+                info,
+                staged.probe.hash,
+                frame,
+            );
+        }
         let hint = &mut entry.shaper_hint;
         self.act
             .classified(entry.policy, info, staged.probe.hash, hint, frame)
@@ -302,18 +312,18 @@ impl Burst<'_> {
                 return self.act.classified(policy, info, hash, &mut hint, frame);
             }
         }
-        let entry = flow_entry(self.cache, self.tick, self.tag, &self.act, info, probe);
+        let entry = flow_entry(self.cache, self.tick, info, probe);
+        let until = if entry.generation != self.tag {
+            settle(entry, &mut self.act, self.holds, &info.key, probe.hash)
+        } else {
+            0
+        };
         if let Fragment::First { id } = info.fragment {
             self.fragments
                 .remember(&info.key, id, entry.policy, probe.hash, generation);
         }
-        self.act.classified(
-            entry.policy,
-            info,
-            probe.hash,
-            &mut entry.shaper_hint,
-            frame,
-        )
+        self.act
+            .classified_at_hold(entry, info, probe.hash, frame, until)
     }
 }
 
@@ -342,6 +352,24 @@ impl Act<'_> {
         }
         self.mark(actions, info, frame, self.now);
         Verdict::Forward
+    }
+
+    /// [`Act::classified`] for a frame of a flow held until `until` (0: not held): its
+    /// shaper sees it at the hold's end, when it can leave at the earliest, so that the
+    /// new bucket is charged when the frame really goes; and it leaves no earlier.
+    fn classified_at_hold(
+        &mut self,
+        entry: &mut FlowEntry,
+        info: &PacketInfo,
+        hash: u64,
+        frame: &mut [u8],
+        until: u64,
+    ) -> Verdict {
+        let now = self.now;
+        self.now = now.max(until);
+        let verdict = self.classified(entry.policy, info, hash, &mut entry.shaper_hint, frame);
+        self.now = now;
+        handover::held(verdict, until)
     }
 
     /// A frame of a policy with a shaper: scheduled, then marked unless dropped.
@@ -440,23 +468,83 @@ impl Staged {
     };
 }
 
-/// The flow's cache entry at `tick`, classified now if it is new or was classified under
-/// another policy generation than the one tagged `tag` (`act`'s policies).
+/// The flow's cache entry at `tick` (new ones unclassified: see [`settle`]).
 #[inline(always)]
 fn flow_entry<'a>(
     cache: &'a mut FlowCache,
     tick: Tick,
-    tag: u32,
-    act: &Act,
     info: &PacketInfo,
     probe: Probe,
 ) -> &'a mut FlowEntry {
     let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
-    let entry = cache.lookup_probed(&info.key, probe, tick, closing);
-    if entry.generation != tag {
-        reclassify(entry, act.set, &info.key, act.worker);
+    cache.lookup_probed(&info.key, probe, tick, closing)
+}
+
+/// A frame whose flow entry is not current (new, classified under another generation, or
+/// held): the entry is settled, then the frame acted on as any other, no earlier than its
+/// flow's hold. Out of the per-packet path: once per flow and reload, and while held.
+#[cold]
+#[inline(never)]
+fn stale(
+    entry: &mut FlowEntry,
+    act: &mut Act,
+    holds: &mut Holds,
+    info: &PacketInfo,
+    hash: u64,
+    frame: &mut [u8],
+) -> Verdict {
+    let until = settle(entry, act, holds, &info.key, hash);
+    act.classified_at_hold(entry, info, hash, frame, until)
+}
+
+/// Brings a stale entry up to date with `act`'s policies: classifies it again unless it is
+/// only held, and holds it when the reload moved it off a shaper whose clock is still
+/// ahead of now ([`crate::handover`]). Returns until when the flow is held, 0 if it is not.
+fn settle(
+    entry: &mut FlowEntry,
+    act: &mut Act,
+    holds: &mut Holds,
+    key: &FlowKey,
+    hash: u64,
+) -> u64 {
+    let tag = generation_tag(act.set.generation);
+    let (classified_under, mut until) = match entry.generation {
+        // Its hold says which generation its policy index belongs to; a hold forgotten
+        // (all were over) leaves it to be classified afresh.
+        FlowEntry::HOLDING => holds
+            .get(hash)
+            .map_or((FlowEntry::UNCLASSIFIED, 0), |h| (h.tag, h.until)),
+        g => (g, 0),
+    };
+    if classified_under != tag {
+        reclassify(entry, act.set, key, act.worker);
+        // The shaper its packets were last parked by, as its hint names it (whatever the
+        // generations between), against the one it has now.
+        let scope = ScopeKey {
+            host: inside_host(key),
+            flow: hash,
+        };
+        if let Some((id, kind, clock)) = act.shapers.parked(entry.shaper_hint, &scope) {
+            let new = (entry.policy != FlowEntry::NO_POLICY)
+                .then(|| act.set.actions(entry.policy).shaper.as_deref())
+                .flatten();
+            // The same instance (name and scope survived) keeps the flow's order itself.
+            if !new.is_some_and(|n| n.id() == id && n.scope() == kind) {
+                until = until.max(clock);
+            }
+        }
     }
-    entry
+    if until > act.now {
+        entry.generation = FlowEntry::HOLDING;
+        holds.hold(hash, Hold { until, tag });
+        until
+    } else {
+        if entry.generation == FlowEntry::HOLDING {
+            holds.release(hash);
+        }
+        entry.generation = tag;
+        0
+    }
 }
 
 /// Classifies a new flow, or one last classified under another policy generation (kept
@@ -605,6 +693,114 @@ mod tests {
             Verdict::At(now + 770 * HZ / 1_000)
         );
     }
+    /// SPEC §5: a reload reorders nothing within a flow. A flow the reload moves off a
+    /// shaper that still holds its packets (here: the policy renamed and its throttle
+    /// dropped) leaves no earlier than its last parked packet until that one is gone; a
+    /// flow whose shaper survives (same name and scope, a new rate) needs no hold.
+    #[test]
+    fn a_reload_that_moves_a_flow_off_its_shaper_keeps_its_order() {
+        // 8 Mb/s = 1 byte a µs; 1 142-byte frames; a 1 514-byte bucket: the first frame
+        // leaves at once, with 372 bytes to spare, the second 770 µs later.
+        let shaped = |name: &str, bps: u32| {
+            format!(
+                r#"{{"policies":[{{"name":"{name}","dst_port":53,"dscp":8,"throttle":{bps},
+                    "throttle_per":"flow","burst":1514}}]}}"#
+            )
+        };
+        let pubr = publisher(&shaped("a", 8_000_000));
+        let counters = Arc::new(WorkerCounters::default());
+        let config = PipelineConfig::defaults(HZ);
+        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let now = 10 * HZ;
+        let us = |n: u64| n * HZ / 1_000_000;
+        let send =
+            |p: &mut Pipeline, client: u8, at: u64| p.process(&mut frame(client), Side::Inside, at);
+        for client in [1, 2] {
+            assert_eq!(send(&mut p, client, now), Verdict::Forward);
+            assert_eq!(send(&mut p, client, now), Verdict::At(now + us(770)));
+            assert_eq!(send(&mut p, client, now), Verdict::At(now + us(1_912)));
+        }
+
+        // Same name and scope, half the rate: the clock goes on, no hold.
+        pubr.publish(table(&shaped("a", 4_000_000)))
+            .expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(1_912 + 2_284)));
+
+        // Renamed and unthrottled: flow 2's packets wait for its last parked one.
+        pubr.publish(table(
+            r#"{"policies":[{"name":"b","dst_port":53,"dscp":16}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        let mut f = frame(2);
+        assert_eq!(
+            p.process(&mut f, Side::Inside, now),
+            Verdict::At(now + us(1_912))
+        );
+        assert_eq!(dscp(&f), 16, "the new policy's marking");
+        assert_eq!(
+            send(&mut p, 2, now + us(1_000)),
+            Verdict::At(now + us(1_912))
+        );
+        // Flow 1 waits for its own last one, under the old rate's later clock.
+        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(4_196)));
+        // Once those have left, the flows go straight through again.
+        assert_eq!(send(&mut p, 2, now + us(1_912)), Verdict::Forward);
+        assert_eq!(send(&mut p, 2, now + us(1_913)), Verdict::Forward);
+        assert_eq!(send(&mut p, 1, now + us(4_197)), Verdict::Forward);
+        assert!(p.holds.is_empty());
+    }
+
+    /// The same for a `policy`-scope shaper (its clock is shared): a new `throttle_per`
+    /// under the same name moves the flow to another instance, and a removed policy leaves
+    /// it unmatched; either way it waits for what the old shaper holds of the policy.
+    #[test]
+    fn a_reload_that_changes_scope_or_removes_the_policy_keeps_the_order() {
+        let shaped = |per: &str| {
+            format!(
+                r#"{{"policies":[{{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
+                    "throttle_per":"{per}","burst":1514}}]}}"#
+            )
+        };
+        let pubr = publisher(&shaped("policy"));
+        let counters = Arc::new(WorkerCounters::default());
+        let config = PipelineConfig::defaults(HZ);
+        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let now = 10 * HZ;
+        let us = |n: u64| n * HZ / 1_000_000;
+        let send =
+            |p: &mut Pipeline, client: u8, at: u64| p.process(&mut frame(client), Side::Inside, at);
+        // One clock for both flows: 0, 770, 1 912, 3 054 µs.
+        assert_eq!(send(&mut p, 1, now), Verdict::Forward);
+        assert_eq!(send(&mut p, 2, now), Verdict::At(now + us(770)));
+        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(1_912)));
+        assert_eq!(send(&mut p, 2, now), Verdict::At(now + us(3_054)));
+
+        // Per host now: each host's fresh bucket would send at once, but not before the
+        // policy's last parked packet.
+        pubr.publish(table(&shaped("host"))).expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(3_054)));
+        assert_eq!(
+            send(&mut p, 1, now + us(3_054)),
+            Verdict::At(now + us(3_054) + us(770))
+        );
+        // Gone: host 2's flow is unmatched, and waits for the same.
+        pubr.publish(table(
+            r#"{"policies":[{"name":"b","dst_port":80,"dscp":16}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 2, now + us(100)), Verdict::At(now + us(3_054)));
+        assert_eq!(send(&mut p, 2, now + us(3_055)), Verdict::Forward);
+        // Host 1's flow was on its host shaper (clock 3 824 µs) when "a" went.
+        assert_eq!(
+            send(&mut p, 1, now + us(3_100)),
+            Verdict::At(now + us(3_824))
+        );
+    }
+
     /// A PCP-only policy marks tagged frames; an untagged one passes unchanged and is not
     /// counted as marked.
     #[test]

@@ -111,10 +111,10 @@ impl ShaperRegistry {
             Some(named) => named,
             None => {
                 let id = ShaperId(inner.next_id);
-                inner.next_id = inner
-                    .next_id
-                    .checked_add(1)
-                    .expect("fewer than 2^32 policy names in one run");
+                // Below 2^31: a flow's ShaperHint names a policy shaper by id with the top bit.
+                inner.next_id = Some(inner.next_id + 1)
+                    .filter(|&n| n < 1 << 31)
+                    .expect("fewer than 2^31 policy names in one run");
                 inner.by_name.entry(name.to_owned()).or_insert(Named {
                     id,
                     clock: Arc::new(SharedClock::new()),
@@ -167,7 +167,9 @@ pub struct ScopeKey {
 pub struct WorkerShapers {
     hosts: ShaperTable<(ShaperId, [u8; 16])>,
     flows: ShaperTable<(ShaperId, u64)>,
-    carries: HashMap<ShaperId, u32>,
+    /// Per `policy` shaper used here: this worker's fraction-of-a-cycle carry, and the
+    /// shared clock (which outlives the policy, for [`WorkerShapers::parked`]).
+    carries: HashMap<ShaperId, (u32, Arc<SharedClock>)>,
 }
 
 impl WorkerShapers {
@@ -195,7 +197,11 @@ impl WorkerShapers {
     ) -> Decision {
         match shaper {
             PolicyShaper::Policy { id, shaper } => {
-                let carry = self.carries.entry(*id).or_insert(0);
+                *hint = ShaperHint::policy(*id);
+                let (carry, _) = self
+                    .carries
+                    .entry(*id)
+                    .or_insert_with(|| (0, Arc::clone(shaper.clock())));
                 shaper.schedule(carry, now, len)
             }
             PolicyShaper::Host { id, cfg } => {
@@ -204,6 +210,33 @@ impl WorkerShapers {
             PolicyShaper::Flow { id, cfg } => {
                 self.flows.schedule(cfg, (*id, key.flow), hint, now, len)
             }
+        }
+    }
+
+    /// The shaper a flow's packets were last parked by, as its `hint` and `key` name it: its
+    /// id, scope and clock (the latest departure it handed out: none of its packets leaves
+    /// later). None when the hint names nothing live of this flow's, e.g. an instance
+    /// retired for being idle, which holds nothing.
+    pub fn parked(
+        &self,
+        hint: ShaperHint,
+        key: &ScopeKey,
+    ) -> Option<(ShaperId, ThrottleScope, u64)> {
+        if let Some(id) = hint.policy_id() {
+            let (_, clock) = self.carries.get(&ShaperId(id))?;
+            return Some((ShaperId(id), ThrottleScope::Policy, clock.t_next()));
+        }
+        // A slot number of either table: the one whose instance is this flow's.
+        let host = self.hosts.at(hint).filter(|(k, _)| k.1 == key.host);
+        let flow = self.flows.at(hint).filter(|(k, _)| k.1 == key.flow);
+        let (h, f) = (
+            host.map(|(k, s)| (k.0, ThrottleScope::Host, s.t_next())),
+            flow.map(|(k, s)| (k.0, ThrottleScope::Flow, s.t_next())),
+        );
+        // Both only by a coincidence of slot numbers: the later clock is the safe one.
+        match (h, f) {
+            (Some(h), Some(f)) => Some(if h.2 >= f.2 { h } else { f }),
+            (h, f) => h.or(f),
         }
     }
 

@@ -22,6 +22,8 @@ use super::edt::{Decision, ShaperConfig, ShaperState};
 use crate::prefetch::prefetch;
 
 const NIL: u32 = u32::MAX;
+/// Set in a hint that names a `policy`-scope shaper (by its id) rather than a table slot.
+const POLICY_HINT: u32 = 1 << 31;
 
 /// Where a flow's shaper was last found: keep one in the flow-cache entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +32,17 @@ pub struct ShaperHint(u32);
 impl ShaperHint {
     /// A hint that points nowhere (a new flow).
     pub const NONE: ShaperHint = ShaperHint(NIL);
+
+    /// The hint of a flow on the `policy`-scope shaper `id`: no table slot, but it says
+    /// which shaper the flow's packets were parked by ([`crate::handover`]).
+    pub fn policy(id: super::ShaperId) -> ShaperHint {
+        ShaperHint(POLICY_HINT | id.get())
+    }
+
+    /// The `policy`-scope shaper a [`ShaperHint::policy`] hint names.
+    pub fn policy_id(self) -> Option<u32> {
+        (self.0 != NIL && self.0 & POLICY_HINT != 0).then_some(self.0 & !POLICY_HINT)
+    }
 }
 
 impl Default for ShaperHint {
@@ -118,6 +131,13 @@ impl<K: Copy + Eq + Hash> ShaperTable<K> {
         }
     }
 
+    /// The live instance `hint` points to, with its key (whoever it belongs to now: check
+    /// the key).
+    pub fn at(&self, hint: ShaperHint) -> Option<(&K, &ShaperState)> {
+        let slot = self.slots.get(hint.0 as usize).filter(|s| s.live)?;
+        Some((&slot.key, &slot.state))
+    }
+
     /// The state of `key`'s shaper, if it has one.
     pub fn get(&self, key: &K) -> Option<&ShaperState> {
         self.index.get(key).map(|&i| &self.slots[i as usize].state)
@@ -169,8 +189,8 @@ impl<K: Copy + Eq + Hash> ShaperTable<K> {
         } else {
             let i = u32::try_from(self.slots.len())
                 .ok()
-                .filter(|&i| i != NIL)
-                .expect("a shaper table holds at most 2^32 - 1 shapers");
+                .filter(|&i| i < POLICY_HINT)
+                .expect("a shaper table holds at most 2^31 shapers");
             self.slots.push(slot);
             i
         };
