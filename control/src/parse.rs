@@ -34,6 +34,9 @@ pub const FIELDS: [&str; 14] = [
     "precedence",
 ];
 
+/// The fields that make a policy do something: it needs one of them.
+const ACTIONS: [&str; 3] = ["dscp", "priority_8021p", "throttle"];
+
 pub const MIN_RATE_BPS: u64 = 8_000;
 /// SPEC §2: rates are held in 64-bit arithmetic up to 400 Gbps.
 pub const MAX_RATE_BPS: u64 = 400_000_000_000;
@@ -168,6 +171,8 @@ fn parse_policy(
             format!("{label}: {field}: {msg}"),
         ));
     };
+    // An action's name misspelt: its unknown-field error says all there is to say.
+    let mut misspelt_action = false;
     for m in members {
         if let Some(first) = fields.get(m.key.as_str()) {
             err(
@@ -182,6 +187,7 @@ fn parse_policy(
             fields.insert(m.key.as_str(), m);
         } else {
             err(m.key_pos, &m.key, unknown_field(&m.key, &FIELDS));
+            misspelt_action |= closest(&m.key, &FIELDS).is_some_and(|f| ACTIONS.contains(&f));
         }
     }
 
@@ -240,10 +246,7 @@ fn parse_policy(
     ));
     // Cross-field rules. Each looks at which fields are present (not whether
     // they parsed), so one mistake is reported once.
-    if !["dscp", "priority_8021p", "throttle"]
-        .iter()
-        .any(|f| fields.contains_key(f))
-    {
+    if !misspelt_action && !ACTIONS.iter().any(|f| fields.contains_key(f)) {
         err(
             item.pos,
             "dscp/priority_8021p/throttle",
@@ -336,17 +339,23 @@ fn parse_name(s: &str) -> Result<(), String> {
 /// "unknown field", with the closest allowed name when one is near (a likely typo).
 /// Shared with the gateway configuration's validation.
 pub(crate) fn unknown_field(key: &str, allowed: &[&str]) -> String {
-    let suggestion = allowed
-        .iter()
-        .map(|f| (edit_distance(key, f), f))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, f)| format!("did you mean \"{f}\"? "))
+    let suggestion = closest(key, allowed)
+        .map(|f| format!("did you mean \"{f}\"? "))
         .unwrap_or_default();
     format!(
         "unknown field; {suggestion}allowed fields are {}",
         allowed.join(", ")
     )
+}
+
+/// The allowed name `key` is likely a typo of: within two edits, the nearest.
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|f| (edit_distance(key, f), *f))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, f)| f)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -159,6 +159,14 @@ fn cross_field_errors() {
         3,
         "policy \"a\": dscp/priority_8021p/throttle: none given; a policy needs at least one action",
     );
+    // A misspelt action is that one error, not also "none given" before it (which an
+    // operator would read first, in the log and in POST /-/reload's answer).
+    one_error(
+        &policy("\"name\": \"a\", \"dst_port\": 80, \"dscpp\": 46"),
+        2,
+        33,
+        "policy \"a\": dscpp: unknown field; did you mean \"dscp\"?",
+    );
     one_error(
         &policy("\"name\": \"a\", \"src_prefix\": \"10.0.0.0/8\", \"dst_prefix\": \"2001:db8::/32\", \"dscp\": 1"),
         2,
