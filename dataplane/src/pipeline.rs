@@ -131,7 +131,7 @@ impl Pipeline {
             tsc_hz,
             cache: FlowCache::new(config.flow_capacity, config.timeouts, counters.clone()),
             fragments: FragmentTable::default(),
-            holds: Holds::default(),
+            holds: Holds::new(),
             config,
             counters,
             policies,
@@ -308,8 +308,11 @@ impl Burst<'_> {
         let generation = self.act.set.generation;
         if let Fragment::NonFirst { id } = info.fragment {
             if let Some((policy, hash)) = self.fragments.recall(&info.key, id, generation) {
+                // Held with its datagram's flow, if that is held.
+                let until = self.holds.get(hash).map_or(0, |h| h.until);
                 let mut hint = ShaperHint::NONE;
-                return self.act.classified(policy, info, hash, &mut hint, frame);
+                let verdict = self.act.classified(policy, info, hash, &mut hint, frame);
+                return handover::held(verdict, until);
             }
         }
         let entry = flow_entry(self.cache, self.tick, info, probe);
@@ -322,8 +325,14 @@ impl Burst<'_> {
             self.fragments
                 .remember(&info.key, id, entry.policy, probe.hash, generation);
         }
-        self.act
-            .classified_at_hold(entry, info, probe.hash, frame, until)
+        let verdict = self.act.classified(
+            entry.policy,
+            info,
+            probe.hash,
+            &mut entry.shaper_hint,
+            frame,
+        );
+        handover::held(verdict, until)
     }
 }
 
@@ -352,24 +361,6 @@ impl Act<'_> {
         }
         self.mark(actions, info, frame, self.now);
         Verdict::Forward
-    }
-
-    /// [`Act::classified`] for a frame of a flow held until `until` (0: not held): its
-    /// shaper sees it at the hold's end, when it can leave at the earliest, so that the
-    /// new bucket is charged when the frame really goes; and it leaves no earlier.
-    fn classified_at_hold(
-        &mut self,
-        entry: &mut FlowEntry,
-        info: &PacketInfo,
-        hash: u64,
-        frame: &mut [u8],
-        until: u64,
-    ) -> Verdict {
-        let now = self.now;
-        self.now = now.max(until);
-        let verdict = self.classified(entry.policy, info, hash, &mut entry.shaper_hint, frame);
-        self.now = now;
-        handover::held(verdict, until)
     }
 
     /// A frame of a policy with a shaper: scheduled, then marked unless dropped.
@@ -494,7 +485,8 @@ fn stale(
     frame: &mut [u8],
 ) -> Verdict {
     let until = settle(entry, act, holds, &info.key, hash);
-    act.classified_at_hold(entry, info, hash, frame, until)
+    let verdict = act.classified(entry.policy, info, hash, &mut entry.shaper_hint, frame);
+    handover::held(verdict, until)
 }
 
 /// Brings a stale entry up to date with `act`'s policies: classifies it again unless it is
@@ -516,7 +508,10 @@ fn settle(
             .map_or((FlowEntry::UNCLASSIFIED, 0), |h| (h.tag, h.until)),
         g => (g, 0),
     };
-    if classified_under != tag {
+    // (A hold found for another flow of the same 64-bit hash could pair this entry with
+    // the wrong generation: an index outside the set is classified again, never used.)
+    let foreign = entry.policy != FlowEntry::NO_POLICY && !act.set.has(entry.policy);
+    if classified_under != tag || foreign {
         reclassify(entry, act.set, key, act.worker);
         // The shaper its packets were last parked by, as its hint names it (whatever the
         // generations between), against the one it has now.
@@ -529,8 +524,11 @@ fn settle(
                 .then(|| act.set.actions(entry.policy).shaper.as_deref())
                 .flatten();
             // The same instance (name and scope survived) keeps the flow's order itself.
+            // Another: the hold carries the old clock from here on, and the hint is let go,
+            // so that a later reload does not hold the flow behind a shaper it has left.
             if !new.is_some_and(|n| n.id() == id && n.scope() == kind) {
                 until = until.max(clock);
+                entry.shaper_hint = ShaperHint::NONE;
             }
         }
     }
@@ -777,16 +775,14 @@ mod tests {
         assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(1_912)));
         assert_eq!(send(&mut p, 2, now), Verdict::At(now + us(3_054)));
 
-        // Per host now: each host's fresh bucket would send at once, but not before the
-        // policy's last parked packet.
+        // Per host now: host 1's fresh bucket is charged as its frames come (0, 770, 1 912,
+        // 3 054, 4 196 µs), but none leaves before the policy's last parked packet.
         pubr.publish(table(&shaped("host"))).expect("publishable");
         p.housekeeping(now);
-        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(3_054)));
-        assert_eq!(
-            send(&mut p, 1, now + us(3_054)),
-            Verdict::At(now + us(3_054) + us(770))
-        );
-        // Gone: host 2's flow is unmatched, and waits for the same.
+        for departs in [3_054, 3_054, 3_054, 3_054, 4_196] {
+            assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(departs)));
+        }
+        // Gone: host 2's flow is unmatched, and waits for what the policy shaper held.
         pubr.publish(table(
             r#"{"policies":[{"name":"b","dst_port":80,"dscp":16}]}"#,
         ))
@@ -794,11 +790,54 @@ mod tests {
         p.housekeeping(now);
         assert_eq!(send(&mut p, 2, now + us(100)), Verdict::At(now + us(3_054)));
         assert_eq!(send(&mut p, 2, now + us(3_055)), Verdict::Forward);
-        // Host 1's flow was on its host shaper (clock 3 824 µs) when "a" went.
+        // Host 1's flow waits for its host shaper's last one, and then not again: a
+        // further reload does not hold it behind a shaper it has left.
         assert_eq!(
             send(&mut p, 1, now + us(3_100)),
-            Verdict::At(now + us(3_824))
+            Verdict::At(now + us(4_196))
         );
+        pubr.publish(table(
+            r#"{"policies":[{"name":"c","dst_port":80,"dscp":24}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 1, now + us(4_197)), Verdict::Forward);
+    }
+
+    /// A flow held once on leaving a busy shaper is not held behind it again by later
+    /// reloads, while that shaper stays busy with other flows.
+    #[test]
+    fn a_flow_that_left_a_busy_shaper_is_not_held_behind_it_again() {
+        let bulk = r#"{"name":"bulk","dst_port":53,"dscp":8,"throttle":8000000,"burst":1514}"#;
+        let vip = r#"{"name":"vip","src_prefix":"10.0.0.1","dst_port":53,"dscp":46}"#;
+        let other = r#"{"name":"other","dst_port":80,"dscp":24}"#;
+        let pubr = publisher(&format!(r#"{{"policies":[{bulk}]}}"#));
+        let counters = Arc::new(WorkerCounters::default());
+        let mut p = Pipeline::new(
+            0,
+            PipelineConfig::defaults(HZ),
+            pubr.subscribe(),
+            counters,
+            HZ,
+        );
+        let now = 10 * HZ;
+        let us = |n: u64| n * HZ / 1_000_000;
+        let send =
+            |p: &mut Pipeline, client: u8, at: u64| p.process(&mut frame(client), Side::Inside, at);
+        for client in [1, 2, 1, 2] {
+            send(&mut p, client, now);
+        }
+        // Host 1 to "vip": held once, behind bulk's last (3 054 µs).
+        pubr.publish(table(&format!(r#"{{"policies":[{bulk},{vip}]}}"#)))
+            .expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(3_054)));
+        // Host 2 keeps bulk busy; an unrelated reload; host 1 goes straight through.
+        assert_eq!(send(&mut p, 2, now), Verdict::At(now + us(4_196)));
+        pubr.publish(table(&format!(r#"{{"policies":[{bulk},{vip},{other}]}}"#)))
+            .expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 1, now + us(3_100)), Verdict::Forward);
     }
 
     /// A PCP-only policy marks tagged frames; an untagged one passes unchanged and is not

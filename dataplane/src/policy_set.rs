@@ -224,6 +224,11 @@ impl PolicySet {
     pub fn actions(&self, id: PolicyId) -> &Actions {
         &self.actions[id as usize]
     }
+
+    /// Whether `id` names a policy of this set.
+    pub fn has(&self, id: PolicyId) -> bool {
+        (id as usize) < self.actions.len()
+    }
 }
 
 /// What the shapers of every published set are built with.
