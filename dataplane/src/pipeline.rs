@@ -840,6 +840,55 @@ mod tests {
         assert_eq!(send(&mut p, 1, now + us(3_100)), Verdict::Forward);
     }
 
+    /// The fragments of a held flow's datagram are held with it: the non-first ones, which
+    /// follow their first fragment's result, do not overtake it.
+    #[test]
+    fn fragments_of_a_held_flow_are_held_with_it() {
+        let shaped = r#"{"policies":[{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
+            "throttle_per":"flow","burst":1514}]}"#;
+        let pubr = publisher(shaped);
+        let counters = Arc::new(WorkerCounters::default());
+        let mut p = Pipeline::new(
+            0,
+            PipelineConfig::defaults(HZ),
+            pubr.subscribe(),
+            counters,
+            HZ,
+        );
+        let now = 10 * HZ;
+        let us = |n: u64| n * HZ / 1_000_000;
+        for _ in 0..3 {
+            p.process(&mut frame(1), Side::Inside, now);
+        }
+        pubr.publish(table(
+            r#"{"policies":[{"name":"b","dst_port":53,"dscp":16}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        // Datagram 7 of the flow, in two fragments (IPv4 flags and offset at bytes 20-21).
+        let fragment = |flags_offset: u16| {
+            let src = IpAddr::from([10, 0, 0, 1]);
+            let dst = IpAddr::from([192, 0, 2, 1]);
+            let udp = L4::Udp { src: 5000, dst: 53 };
+            let mut f = Packet::new(src, dst, udp).ip_id(7).payload(1100).build();
+            f[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+            f[24..26].fill(0);
+            let sum = crate::synth::checksum(&[&f[14..34]]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            f
+        };
+        let (mut first, mut rest) = (fragment(0x2000), fragment(139));
+        assert_eq!(
+            p.process(&mut first, Side::Inside, now),
+            Verdict::At(now + us(1_912))
+        );
+        assert_eq!(
+            p.process(&mut rest, Side::Inside, now),
+            Verdict::At(now + us(1_912))
+        );
+        assert_eq!((dscp(&first), dscp(&rest)), (16, 16));
+    }
+
     /// A PCP-only policy marks tagged frames; an untagged one passes unchanged and is not
     /// counted as marked.
     #[test]
