@@ -5,7 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,14 @@ struct Controller {
     last_polls: Mutex<Vec<(u64, u64)>>,
     /// Whether each worker still polls (`/healthz`, the watchdog).
     liveness: Mutex<Liveness>,
+    /// Each port's link as the link watch last read it, for `/metrics`: [`LINK_UNKNOWN`],
+    /// [`LINK_DOWN`] or [`LINK_UP`].
+    links: [AtomicU8; 2],
 }
+
+const LINK_UNKNOWN: u8 = 0;
+const LINK_DOWN: u8 = 1;
+const LINK_UP: u8 = 2;
 
 pub fn run(ctx: ControlContext) {
     // Before the HTTP thread starts, so that it inherits the placement. Unpinned, both were
@@ -77,20 +84,32 @@ pub fn run(ctx: ControlContext) {
     let c = Arc::new(Controller {
         last_polls: Mutex::new(vec![(0, 0); ctx.workers.len()]),
         liveness: Mutex::new(Liveness::new(ctx.workers.len(), Instant::now())),
+        links: [AtomicU8::new(LINK_UNKNOWN), AtomicU8::new(LINK_UNKNOWN)],
         ctx,
         reloads_ok: AtomicU64::new(0),
         reloads_error: AtomicU64::new(0),
         reloading: Mutex::new(()),
     });
+    // The links from the first scrape on, not a tick later.
+    let mut links = LinkWatch::default();
+    links.poll(&c.ctx.ports, &c.links);
     let server = {
         let (c, stop) = (c.clone(), c.ctx.stop.clone());
         std::thread::Builder::new()
             .name("qosgw-http".into())
             .spawn(move || http::serve(listener, &stop, move |req| c.handle(req)))
     };
-    let mut watch = c.ctx.watch.clone();
-    let mut links = LinkWatch::default();
+    // The watchdog is fed from a thread of its own, which looks at the workers only: a
+    // reload that takes long (a slow file system) must not get a forwarding gateway killed.
     let notifier = c.ctx.notifier.as_ref();
+    let _feeder = notifier.filter(|n| n.wants_pings()).and_then(|_| {
+        let c = c.clone();
+        let spawned = std::thread::Builder::new()
+            .name("qosgw-watchdog".into())
+            .spawn(move || feed_watchdog(&c));
+        spawned.ok()
+    });
+    let mut watch = c.ctx.watch.clone();
     notifier.inspect(|n| n.send("READY=1"));
     let mut stuck_before = None;
     while !c.ctx.stop.load(Ordering::SeqCst) {
@@ -114,7 +133,7 @@ pub fn run(ctx: ControlContext) {
             ),
             Seen::Same => {}
         }
-        links.poll(&c.ctx.ports);
+        links.poll(&c.ctx.ports, &c.links);
         let stuck = c.stuck_worker();
         match (stuck, stuck_before) {
             (Some((w, still)), None) => errln!(
@@ -130,11 +149,6 @@ pub fn run(ctx: ControlContext) {
             _ => {}
         }
         stuck_before = stuck;
-        if stuck.is_none() {
-            notifier
-                .filter(|n| n.wants_pings())
-                .inspect(|n| n.send("WATCHDOG=1"));
-        }
     }
     notifier.inspect(|n| n.send("STOPPING=1"));
     if let Ok(server) = server {
@@ -142,17 +156,30 @@ pub fn run(ctx: ControlContext) {
     }
 }
 
-/// Logs each port's link when it changes, and a link found down at start.
+/// `WATCHDOG=1` every tick while every worker polls, until the stop.
+fn feed_watchdog(c: &Controller) {
+    while !c.ctx.stop.load(Ordering::SeqCst) {
+        if c.stuck_worker().is_none() {
+            c.ctx.notifier.as_ref().inspect(|n| n.send("WATCHDOG=1"));
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// Reads each port's link (the only reader: see [`Port::link`]) into `states` for
+/// `/metrics`, and logs it when it changes, and a link found down at start.
 #[derive(Default)]
 struct LinkWatch {
     last: [Option<Link>; 2],
 }
 
 impl LinkWatch {
-    fn poll(&mut self, ports: &[Arc<Port>; 2]) {
+    fn poll(&mut self, ports: &[Arc<Port>; 2], states: &[AtomicU8; 2]) {
         for side in Side::BOTH {
             let port = &ports[side.index()];
-            let now = port.link();
+            // A driver that cannot tell: nothing to log, and no link series.
+            let Some(now) = port.link() else { continue };
+            states[side.index()].store(if now.up { LINK_UP } else { LINK_DOWN }, Ordering::Relaxed);
             let last = self.last[side.index()].replace(now);
             // Up at start goes without saying (the start line); down never does.
             if link_news(last, now) {
@@ -284,7 +311,11 @@ impl Controller {
                     handoff_full: total(&|c| c.handed_dropped[side.index()].get()),
                     rx_errors: s.rx_errors,
                     tx_errors: s.tx_errors,
-                    link_up: self.ctx.ports[side.index()].link().up,
+                    link_up: match self.links[side.index()].load(Ordering::Relaxed) {
+                        LINK_UP => Some(true),
+                        LINK_DOWN => Some(false),
+                        _ => None,
+                    },
                 }
             })
             .collect();

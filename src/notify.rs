@@ -49,8 +49,12 @@ impl Notifier {
             .and_then(|u| u.parse::<u64>().ok())
             .filter(|&u| u > 0 && ours)
             .map(Duration::from_micros);
+        // Never blocking: a manager slow to read (its queue full) costs a notification,
+        // not the control thread.
+        let socket = UnixDatagram::unbound().ok()?;
+        socket.set_nonblocking(true).ok()?;
         Some(Notifier {
-            socket: UnixDatagram::unbound().ok()?,
+            socket,
             to,
             watchdog,
         })
@@ -107,5 +111,21 @@ mod tests {
             .send("WATCHDOG=1");
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn a_manager_that_does_not_read_costs_notifications_not_the_sender() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("qosgw-notify-full-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(&name).unwrap();
+        let _never_read = UnixDatagram::bind_addr(&addr).unwrap();
+        let n = Notifier::new(&format!("@{name}"), None, None, 1).unwrap();
+        // Far beyond the kernel's queue of datagrams (net.unix.max_dgram_qlen, 10 here),
+        // where a blocking socket would wait for ever.
+        let t0 = std::time::Instant::now();
+        for _ in 0..1000 {
+            n.send("WATCHDOG=1");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5));
     }
 }

@@ -2342,7 +2342,7 @@ libc.ptrace(PTRACE_DETACH, tid, None, None)
 print("resumed", flush=True)
 "#;
 
-/// A worker that stops polling (its thread frozen for 3.5 s) is reported: `/healthz`
+/// A worker that stops polling (its thread frozen for 6 s) is reported: `/healthz`
 /// answers 503 naming it, the log says so, systemd's watchdog pings stop; when it polls
 /// again all three recover.
 #[test]
@@ -2359,11 +2359,14 @@ fn a_stuck_worker_fails_healthz_and_starves_the_watchdog() {
     ];
     let mut gw = Gateway::spawn_with_env(&config, listen, dir.path("qosgw.log"), &env);
     gw.wait_ready();
+    // READY=1 and the pings so far: only what is sent from the stall on counts.
+    socket.set_nonblocking(true).unwrap();
+    while socket.recv(&mut [0u8; 64]).is_ok() {}
     // With one worker, worker 0 runs on the process's main thread.
     let script = dir.path("freeze.py");
     std::fs::write(&script, FREEZE_THREAD).unwrap();
     let mut cmd = Command::new("python3");
-    cmd.arg(&script).arg(gw.proc.pid().to_string()).arg("3.5");
+    cmd.arg(&script).arg(gw.proc.pid().to_string()).arg("6");
     let freezer = ChildGuard::spawn(cmd, dir.path("freeze.log"));
     let stopped = poll_until(Duration::from_secs(10), || {
         freezer.output().contains("stopped").then_some(())
@@ -2385,7 +2388,6 @@ fn a_stuck_worker_fails_healthz_and_starves_the_watchdog() {
     // stall lasts.
     gw.proc
         .wait_for_output("qosgw: worker 0 has not polled for", Duration::from_secs(2));
-    socket.set_nonblocking(true).unwrap();
     while socket.recv(&mut [0u8; 64]).is_ok() {}
     std::thread::sleep(Duration::from_millis(600));
     let pings = std::iter::from_fn(|| socket.recv(&mut [0u8; 64]).ok()).count();

@@ -61,8 +61,8 @@ pub struct PortMetrics {
     pub rx_errors: u64,
     /// Frames the driver failed to send, as it counts them.
     pub tx_errors: u64,
-    /// `qosgw_port_link_up`: 1 while the link is up.
-    pub link_up: bool,
+    /// `qosgw_port_link_up`: 1 while the link is up; no series while unknown.
+    pub link_up: Option<bool>,
 }
 
 /// One policy's counters, summed over the workers.
@@ -251,9 +251,11 @@ pub fn render(s: &MetricsSnapshot) -> String {
                 .with_label_values(&[p.port.as_str(), reason])
                 .inc_by(v);
         }
-        link_up
-            .with_label_values(&[p.port.as_str()])
-            .set(i64::from(p.link_up));
+        if let Some(up) = p.link_up {
+            link_up
+                .with_label_values(&[p.port.as_str()])
+                .set(i64::from(up));
+        }
     }
 
     // Policies.
@@ -523,11 +525,12 @@ mod tests {
                     handoff_full: 7,
                     rx_errors: 2,
                     tx_errors: 5,
-                    link_up: true,
+                    link_up: Some(true),
                 },
                 PortMetrics {
                     port: "outside".into(),
                     rx_packets: 5,
+                    link_up: Some(false),
                     ..Default::default()
                 },
             ],
@@ -722,6 +725,15 @@ mod tests {
         assert_eq!(v("qosgw_port_tx_errors_total", &[("port", "outside")]), 0.0);
         assert_eq!(v("qosgw_port_link_up", &[("port", "inside")]), 1.0);
         assert_eq!(v("qosgw_port_link_up", &[("port", "outside")]), 0.0);
+        // A driver that cannot tell: no series, rather than a link reported down.
+        let unknown = MetricsSnapshot {
+            ports: vec![PortMetrics {
+                port: "inside".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!render(&unknown).contains("qosgw_port_link_up{"));
         assert_eq!(
             v("qosgw_policy_packets_total", &[("policy", "voice")]),
             400.0

@@ -255,21 +255,26 @@ impl Port {
     }
 
     /// The link's state now, as the driver last saw it (without waiting for it to settle,
-    /// so the control thread can ask every tick).
-    pub fn link(&self) -> Link {
+    /// so the control thread can ask every tick); None if the driver cannot tell. Call it
+    /// from one thread only (the control thread's link watch): DPDK does not promise that
+    /// two link updates of one port may run at once.
+    pub fn link(&self) -> Option<Link> {
         let mut l = dpdk_sys::rte_eth_link::default();
-        // SAFETY: self.id is a started port; l is a valid out-pointer. The driver's link
-        // update only reads the device's state (net_tap: an ioctl on its interface) and
-        // publishes it with one atomic 64-bit store, so the workers' bursts are unaffected.
+        // SAFETY: self.id is a started port; l is a valid out-pointer. A link update reads
+        // the device's link state (registers, an admin queue, net_tap an ioctl) and writes
+        // the port's link word, which the RX/TX bursts of the workers never touch.
         let rc = unsafe { dpdk_sys::rte_eth_link_get_nowait(self.id, &mut l) };
-        let up = rc == 0 && l.link_status() == 1;
+        if rc != 0 {
+            return None;
+        }
+        let up = l.link_status() == 1;
         // RTE_ETH_SPEED_NUM_UNKNOWN is u32::MAX.
         let known = up && l.link_speed != u32::MAX;
-        Link {
+        Some(Link {
             up,
             speed_mbps: if known { l.link_speed } else { 0 },
             full_duplex: l.link_duplex() == 1,
-        }
+        })
     }
 }
 
