@@ -171,7 +171,8 @@ fn parse_policy(
             format!("{label}: {field}: {msg}"),
         ));
     };
-    // An action's name misspelt: its unknown-field error says all there is to say.
+    // An action's name misspelt (one edit away): its unknown-field error says all there is
+    // to say.
     let mut misspelt_action = false;
     for m in members {
         if let Some(first) = fields.get(m.key.as_str()) {
@@ -187,7 +188,7 @@ fn parse_policy(
             fields.insert(m.key.as_str(), m);
         } else {
             err(m.key_pos, &m.key, unknown_field(&m.key, &FIELDS));
-            misspelt_action |= closest(&m.key, &FIELDS).is_some_and(|f| ACTIONS.contains(&f));
+            misspelt_action |= ACTIONS.iter().any(|a| edit_distance(&m.key, a) <= 1);
         }
     }
 
