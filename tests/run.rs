@@ -2275,25 +2275,32 @@ fn a_policy_file_that_goes_is_logged_once_and_loaded_when_it_returns() {
     assert!(back.is_some(), "{:?}\n{}", gw.policies(), gw.proc.output());
 }
 
+/// `qosgw run` on the reload scene `name` as a `Type=notify` unit with a 1 s watchdog
+/// starts it: the socket systemd would read its notifications from, and the gateway (not
+/// waited for).
+fn under_systemd(name: &str) -> (Scratch, Gateway, std::os::unix::net::UnixDatagram) {
+    let (dir, vdevs, policies) = reload_scene(name);
+    let listen = free_loopback();
+    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
+    let socket_path = dir.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.as_os_str()),
+        ("WATCHDOG_USEC", "1000000".as_ref()),
+    ];
+    let gw = Gateway::spawn_with_env(&config, listen, dir.path("qosgw.log"), &env);
+    (dir, gw, socket)
+}
+
 /// Under a `Type=notify` unit with a watchdog (config/qosgw.service), systemd hears
 /// `READY=1` once the gateway is up, `WATCHDOG=1` pings while its worker polls (every
 /// control tick, well within the 1 s asked for here), and `STOPPING=1` on SIGTERM.
 #[test]
 fn systemd_hears_ready_then_watchdog_pings_then_stopping() {
-    use std::os::unix::net::UnixDatagram;
-    let (dir, vdevs, policies) = reload_scene("run-notify");
-    let listen = free_loopback();
-    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
-    let socket_path = dir.path("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let (_dir, mut gw, socket) = under_systemd("run-notify");
     socket
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let env = [
-        ("NOTIFY_SOCKET", socket_path.as_os_str()),
-        ("WATCHDOG_USEC", "1000000".as_ref()),
-    ];
-    let mut gw = Gateway::spawn_with_env(&config, listen, dir.path("qosgw.log"), &env);
     let next = || {
         let mut buf = [0u8; 256];
         let n = socket.recv(&mut buf).ok()?;
@@ -2347,17 +2354,7 @@ print("resumed", flush=True)
 /// again all three recover.
 #[test]
 fn a_stuck_worker_fails_healthz_and_starves_the_watchdog() {
-    use std::os::unix::net::UnixDatagram;
-    let (dir, vdevs, policies) = reload_scene("run-stuck");
-    let listen = free_loopback();
-    let config = Gateway::write_config(&dir, &vdevs, &policies, listen, json!({}));
-    let socket_path = dir.path("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    let env = [
-        ("NOTIFY_SOCKET", socket_path.as_os_str()),
-        ("WATCHDOG_USEC", "1000000".as_ref()),
-    ];
-    let mut gw = Gateway::spawn_with_env(&config, listen, dir.path("qosgw.log"), &env);
+    let (dir, mut gw, socket) = under_systemd("run-stuck");
     gw.wait_ready();
     // READY=1 and the pings so far: only what is sent from the stall on counts.
     socket.set_nonblocking(true).unwrap();

@@ -644,6 +644,28 @@ mod tests {
         frame[14 + 1] >> 2
     }
 
+    /// A pipeline on `pubr`'s policies, as worker 0.
+    fn pipeline(pubr: &Arc<Publisher>) -> Pipeline {
+        let counters = Arc::new(WorkerCounters::default());
+        Pipeline::new(
+            0,
+            PipelineConfig::defaults(HZ),
+            pubr.subscribe(),
+            counters,
+            HZ,
+        )
+    }
+
+    /// `n` microseconds in TSC cycles.
+    fn us(n: u64) -> u64 {
+        n * HZ / 1_000_000
+    }
+
+    /// Client `client`'s next frame through `p` at `at`.
+    fn send(p: &mut Pipeline, client: u8, at: u64) -> Verdict {
+        p.process(&mut frame(client), Side::Inside, at)
+    }
+
     /// Cached flows name their policy by its index in the set they were classified under.
     /// After a reload to fewer policies that index may not exist: the flows must be
     /// classified again before it is used, and take the new policy's marking and shaper.
@@ -657,9 +679,7 @@ mod tests {
                 {"name":"c","dst_prefix":"192.0.2.0/24","dscp":24,
                  "throttle":8000000,"throttle_per":"host"}]}"#,
         );
-        let counters = Arc::new(WorkerCounters::default());
-        let config = PipelineConfig::defaults(HZ);
-        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let mut p = pipeline(&pubr);
         let now = 10 * HZ;
         // Three hosts' first frames (1 142 bytes each), within their shapers' bursts.
         let mut frames: Vec<Vec<u8>> = (1..=3).map(frame).collect();
@@ -706,13 +726,8 @@ mod tests {
             )
         };
         let pubr = publisher(&shaped("a", 8_000_000));
-        let counters = Arc::new(WorkerCounters::default());
-        let config = PipelineConfig::defaults(HZ);
-        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let mut p = pipeline(&pubr);
         let now = 10 * HZ;
-        let us = |n: u64| n * HZ / 1_000_000;
-        let send =
-            |p: &mut Pipeline, client: u8, at: u64| p.process(&mut frame(client), Side::Inside, at);
         for client in [1, 2] {
             assert_eq!(send(&mut p, client, now), Verdict::Forward);
             assert_eq!(send(&mut p, client, now), Verdict::At(now + us(770)));
@@ -762,13 +777,8 @@ mod tests {
             )
         };
         let pubr = publisher(&shaped("policy"));
-        let counters = Arc::new(WorkerCounters::default());
-        let config = PipelineConfig::defaults(HZ);
-        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let mut p = pipeline(&pubr);
         let now = 10 * HZ;
-        let us = |n: u64| n * HZ / 1_000_000;
-        let send =
-            |p: &mut Pipeline, client: u8, at: u64| p.process(&mut frame(client), Side::Inside, at);
         // One clock for both flows: 0, 770, 1 912, 3 054 µs.
         assert_eq!(send(&mut p, 1, now), Verdict::Forward);
         assert_eq!(send(&mut p, 2, now), Verdict::At(now + us(770)));
@@ -812,18 +822,8 @@ mod tests {
         let vip = r#"{"name":"vip","src_prefix":"10.0.0.1","dst_port":53,"dscp":46}"#;
         let other = r#"{"name":"other","dst_port":80,"dscp":24}"#;
         let pubr = publisher(&format!(r#"{{"policies":[{bulk}]}}"#));
-        let counters = Arc::new(WorkerCounters::default());
-        let mut p = Pipeline::new(
-            0,
-            PipelineConfig::defaults(HZ),
-            pubr.subscribe(),
-            counters,
-            HZ,
-        );
+        let mut p = pipeline(&pubr);
         let now = 10 * HZ;
-        let us = |n: u64| n * HZ / 1_000_000;
-        let send =
-            |p: &mut Pipeline, client: u8, at: u64| p.process(&mut frame(client), Side::Inside, at);
         for client in [1, 2, 1, 2] {
             send(&mut p, client, now);
         }
@@ -847,16 +847,8 @@ mod tests {
         let shaped = r#"{"policies":[{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
             "throttle_per":"flow","burst":1514}]}"#;
         let pubr = publisher(shaped);
-        let counters = Arc::new(WorkerCounters::default());
-        let mut p = Pipeline::new(
-            0,
-            PipelineConfig::defaults(HZ),
-            pubr.subscribe(),
-            counters,
-            HZ,
-        );
+        let mut p = pipeline(&pubr);
         let now = 10 * HZ;
-        let us = |n: u64| n * HZ / 1_000_000;
         for _ in 0..3 {
             p.process(&mut frame(1), Side::Inside, now);
         }
@@ -894,9 +886,7 @@ mod tests {
     #[test]
     fn a_pcp_only_policy_counts_only_frames_it_changed_as_marked() {
         let pubr = publisher(r#"{"policies":[{"name":"p","dst_port":53,"priority_8021p":5}]}"#);
-        let counters = Arc::new(WorkerCounters::default());
-        let config = PipelineConfig::defaults(HZ);
-        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let mut p = pipeline(&pubr);
         let udp = |vlans: &[u16]| {
             Packet::new(
                 IpAddr::from([10, 0, 0, 1]),
@@ -924,9 +914,7 @@ mod tests {
         let a = r#"{"name":"a","dst_prefix":"192.0.2.0/24","dscp":8}"#;
         let b = r#"{"name":"b","dst_port":53,"dscp":16}"#;
         let pubr = publisher(&format!(r#"{{"policies":[{a},{b}]}}"#));
-        let counters = Arc::new(WorkerCounters::default());
-        let config = PipelineConfig::defaults(HZ);
-        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let mut p = pipeline(&pubr);
         let flows = |name: &str| {
             let stats = pubr.all_stats();
             stats
