@@ -150,7 +150,7 @@ pub fn run(ctx: ControlContext) {
         }
         stuck_before = stuck;
     }
-    notifier.inspect(|n| n.send("STOPPING=1"));
+    notifier.inspect(|n| n.stopping());
     if let Ok(server) = server {
         let _ = server.join();
     }

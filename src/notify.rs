@@ -8,6 +8,7 @@
 //! behind a process that still answers.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Where and how often to tell systemd.
@@ -17,6 +18,9 @@ pub struct Notifier {
     to: SocketAddr,
     /// `WATCHDOG_USEC`, when systemd expects pings (and they are for this process).
     watchdog: Option<Duration>,
+    /// Set once `STOPPING=1` is sent: nothing follows it (a ping from another thread
+    /// would say the service is still running).
+    stopping: Mutex<bool>,
 }
 
 impl Notifier {
@@ -57,13 +61,26 @@ impl Notifier {
             socket,
             to,
             watchdog,
+            stopping: Mutex::new(false),
         })
     }
 
     /// Sends `state` (`KEY=VALUE` lines). A lost notification is not worth stopping for:
     /// systemd then acts on its own timeouts.
     pub fn send(&self, state: &str) {
-        let _ = self.socket.send_to_addr(state.as_bytes(), &self.to);
+        let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        if !*stopping {
+            let _ = self.socket.send_to_addr(state.as_bytes(), &self.to);
+        }
+    }
+
+    /// Sends `STOPPING=1`, the last notification.
+    pub fn stopping(&self) {
+        let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        if !*stopping {
+            let _ = self.socket.send_to_addr(b"STOPPING=1", &self.to);
+            *stopping = true;
+        }
     }
 
     /// Whether systemd expects `WATCHDOG=1` pings.
@@ -100,6 +117,13 @@ mod tests {
         let mut buf = [0u8; 64];
         let len = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"READY=1");
+        // Nothing after STOPPING=1.
+        n.stopping();
+        n.send("WATCHDOG=1");
+        listener.set_nonblocking(true).unwrap();
+        let len = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"STOPPING=1");
+        assert!(listener.recv(&mut buf).is_err(), "nothing after it");
         std::fs::remove_file(&dir).unwrap();
 
         use std::os::linux::net::SocketAddrExt;
