@@ -309,7 +309,9 @@ impl Burst<'_> {
         if let Fragment::NonFirst { id } = info.fragment {
             if let Some((policy, hash)) = self.fragments.recall(&info.key, id, generation) {
                 // Held with its datagram's flow, if that is held.
-                let until = self.holds.get(hash).map_or(0, |h| h.until);
+                let until = (self.holds.get(hash))
+                    .filter(|h| h.until > self.act.now)
+                    .map_or(0, |h| h.until);
                 let mut hint = ShaperHint::NONE;
                 let verdict = self.act.classified(policy, info, hash, &mut hint, frame);
                 return handover::held(verdict, until);
@@ -500,6 +502,7 @@ fn settle(
     hash: u64,
 ) -> u64 {
     let tag = generation_tag(act.set.generation);
+    let was_held = entry.generation == FlowEntry::HOLDING;
     let (classified_under, mut until) = match entry.generation {
         // Its hold says which generation its policy index belongs to; a hold forgotten
         // (all were over) leaves it to be classified afresh.
@@ -537,7 +540,7 @@ fn settle(
         holds.hold(hash, Hold { until, tag });
         until
     } else {
-        if entry.generation == FlowEntry::HOLDING {
+        if was_held {
             holds.release(hash);
         }
         entry.generation = tag;
@@ -838,6 +841,7 @@ mod tests {
             .expect("publishable");
         p.housekeeping(now);
         assert_eq!(send(&mut p, 1, now + us(3_100)), Verdict::Forward);
+        assert!(p.holds.is_empty(), "its hold let go");
     }
 
     /// The fragments of a held flow's datagram are held with it: the non-first ones, which
