@@ -99,18 +99,17 @@ pub fn run(ctx: ControlContext) {
             .name("qosgw-http".into())
             .spawn(move || http::serve(listener, &stop, move |req| c.handle(req)))
     };
-    // The watchdog is fed from a thread of its own, which looks at the workers only: a
-    // reload that takes long (a slow file system) must not get a forwarding gateway killed.
+    // systemd hears from a thread of its own, which looks at the workers only: a reload
+    // that takes long (a slow file system) must not get a forwarding gateway killed.
     let notifier = c.ctx.notifier.as_ref();
-    let _feeder = notifier.filter(|n| n.wants_pings()).and_then(|_| {
+    let _notifying = notifier.and_then(|_| {
         let c = c.clone();
         let spawned = std::thread::Builder::new()
-            .name("qosgw-watchdog".into())
-            .spawn(move || feed_watchdog(&c));
+            .name("qosgw-notify".into())
+            .spawn(move || notify_systemd(&c));
         spawned.ok()
     });
     let mut watch = c.ctx.watch.clone();
-    notifier.inspect(|n| n.send("READY=1"));
     let mut stuck_before = None;
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
@@ -156,11 +155,23 @@ pub fn run(ctx: ControlContext) {
     }
 }
 
-/// `WATCHDOG=1` every tick while every worker polls, until the stop.
-fn feed_watchdog(c: &Controller) {
-    while !c.ctx.stop.load(Ordering::SeqCst) {
+/// `READY=1` once every worker has polled (the gateway forwards), then `WATCHDOG=1` every
+/// tick while every worker polls, until the stop.
+fn notify_systemd(c: &Controller) {
+    let Some(n) = c.ctx.notifier.as_ref() else {
+        return;
+    };
+    let started = || c.ctx.workers.iter().all(|w| w.polls.get() > 0);
+    while !started() {
+        if c.ctx.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    n.send("READY=1");
+    while n.wants_pings() && !c.ctx.stop.load(Ordering::SeqCst) {
         if c.stuck_worker().is_none() {
-            c.ctx.notifier.as_ref().inspect(|n| n.send("WATCHDOG=1"));
+            n.send("WATCHDOG=1");
         }
         std::thread::sleep(TICK);
     }
