@@ -3,9 +3,8 @@
 /// A `/proc/meminfo` figure (`MemTotal:`, `MemAvailable:` …) in bytes.
 pub fn meminfo(key: &str) -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with(key))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    let kib = control::process::kb_field(&meminfo, key)?;
+    usize::try_from(kib).ok()?.checked_mul(1024)
 }
 
 /// The cgroup's memory limit (a container's `memory.max`), if it has one.

@@ -65,9 +65,10 @@ fn parse_stat(stat: &str, boot_time: u64) -> Option<ProcessMetrics> {
     })
 }
 
-/// A `Name:   N kB` line of `/proc/self/status`.
-fn kb_field(status: &str, name: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with(name))?;
+/// The figure of a `Name:   N kB` line, as `/proc/self/status` and `/proc/meminfo` write
+/// them, in kB.
+pub fn kb_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
     line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
