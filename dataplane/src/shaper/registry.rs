@@ -227,17 +227,16 @@ impl WorkerShapers {
             return Some((ShaperId(id), ThrottleScope::Policy, clock.t_next()));
         }
         // A slot number of either table: the one whose instance is this flow's.
-        let host = self.hosts.at(hint).filter(|(k, _)| k.1 == key.host);
-        let flow = self.flows.at(hint).filter(|(k, _)| k.1 == key.flow);
-        let (h, f) = (
-            host.map(|(k, s)| (k.0, ThrottleScope::Host, s.t_next())),
-            flow.map(|(k, s)| (k.0, ThrottleScope::Flow, s.t_next())),
-        );
+        let host = (self.hosts.at(hint))
+            .filter(|(k, _)| k.1 == key.host)
+            .map(|(k, s)| (k.0, ThrottleScope::Host, s.t_next()));
+        let flow = (self.flows.at(hint))
+            .filter(|(k, _)| k.1 == key.flow)
+            .map(|(k, s)| (k.0, ThrottleScope::Flow, s.t_next()));
         // Both only by a coincidence of slot numbers: the later clock is the safe one.
-        match (h, f) {
-            (Some(h), Some(f)) => Some(if h.2 >= f.2 { h } else { f }),
-            (h, f) => h.or(f),
-        }
+        host.into_iter()
+            .chain(flow)
+            .max_by_key(|&(_, _, clock)| clock)
     }
 
     /// Start loading the `host` or `flow` instance `hint` points to (see
