@@ -144,6 +144,11 @@ const POLICIES: &[Policy] = &[
         r#""dst_prefix": "10.30.0.0/16", "protocol": "gre""#,
         54,
     ),
+    pol(
+        "ah",
+        r#""dst_prefix": "10.30.0.0/16", "protocol": "ah""#,
+        17,
+    ),
     pol("net30", r#""dst_prefix": "10.30.0.0/16""#, 56),
     pol(
         "icmpv6",
@@ -710,6 +715,16 @@ fn encapsulation_sequences(g: &mut Gen) -> Vec<Vec<Case>> {
             pkt("2001:db8:9::1", "2001:db8:1::5", tcp(40000, 53)).ipv6_ext(&[0]),
         ),
         g.flow(
+            "IPv6 hop-by-hop, AH, udp to [2001:db8:1::5]:53: AH is walked",
+            Some("v6-dns"),
+            pkt("2001:db8:9::1", "2001:db8:1::5", udp(40001, 53)).ipv6_ext(&[0, 51]),
+        ),
+        g.flow(
+            "IPv6 AH, tcp to [2001:db8:1::5]:53",
+            Some("v6-net"),
+            pkt("2001:db8:9::1", "2001:db8:1::5", tcp(40001, 53)).ipv6_ext(&[51]),
+        ),
+        g.flow(
             "IPv6 udp to [2001:db8:1::6]:53",
             Some("v6-net"),
             pkt("2001:db8:9::1", "2001:db8:1::6", udp(40000, 53)),
@@ -790,7 +805,7 @@ fn encapsulation_sequences(g: &mut Gen) -> Vec<Vec<Case>> {
         ),
         g.flow(
             "AH to 10.30.0.1",
-            Some("net30"),
+            Some("ah"),
             pkt("192.168.0.1", "10.30.0.1", L4::Other(proto::AH)),
         ),
         g.flow(
@@ -1499,25 +1514,33 @@ fn two_workers_mark_every_frame_like_one_and_keep_flow_order() {
     }
 }
 
-/// IPv6 fragments whose fragmentable part begins with a destination-options header: the
-/// first fragment walks it to the UDP ports; every fragment's fragment header names
-/// destination options (60) as the next header. SPEC §5: a non-first fragment takes its
+/// IPv6 fragments whose fragmentable part begins with a destination-options header, or
+/// with AH: the first fragment walks it to the UDP ports; every fragment's fragment header
+/// names that header (60 or 51) as the next. SPEC §5: a non-first fragment takes its
 /// datagram's first fragment's result when that was seen. (The first fragment's key has
-/// protocol 17, the others 60: the fragment table keys IPv6 datagrams without it.)
+/// protocol 17, the others 60 or 51: the fragment table keys IPv6 datagrams without it.)
 #[test]
-fn ipv6_non_first_fragments_follow_a_first_fragment_with_destination_options() {
+fn ipv6_non_first_fragments_follow_a_first_fragment_with_destination_options_or_ah() {
     let dir = Scratch::new("marking-v6-frag-dstopts");
     let mut g = Gen::default();
     let (s, d) = ("2001:db8:9::7", "2001:db8:1::5");
-    let first =
-        "udp [2001:db8:9::7]:4000 -> [2001:db8:1::5]:53, dst-opts after the fragment header";
-    let rest = "non-first fragments 2001:db8:9::7 -> 2001:db8:1::5";
     let mut cases = Vec::new();
-    for id in [0xc001, 0xc002, 0xc003] {
-        let l4 = udp(4000, 53);
-        cases.push(g.v6_fragment_with(&[60], s, d, l4.clone(), id, 0, true, first, Some("v6-dns")));
-        cases.push(g.v6_fragment_with(&[60], s, d, l4.clone(), id, 7, true, rest, Some("v6-dns")));
-        cases.push(g.v6_fragment_with(&[60], s, d, l4, id, 10, false, rest, Some("v6-dns")));
+    for (upper, ids) in [
+        (60, [0xc001, 0xc002, 0xc003]),
+        (51, [0xc004, 0xc005, 0xc006]),
+    ] {
+        let first = format!(
+            "udp [2001:db8:9::7]:4000 -> [2001:db8:1::5]:53, header {upper} after the fragment header"
+        );
+        let rest = format!("non-first fragments 2001:db8:9::7 -> 2001:db8:1::5, header {upper}");
+        let (first, rest) = (first.as_str(), rest.as_str());
+        for id in ids {
+            let l4 = udp(4000, 53);
+            let winner = Some("v6-dns");
+            cases.push(g.v6_fragment_with(&[upper], s, d, l4.clone(), id, 0, true, first, winner));
+            cases.push(g.v6_fragment_with(&[upper], s, d, l4.clone(), id, 7, true, rest, winner));
+            cases.push(g.v6_fragment_with(&[upper], s, d, l4, id, 10, false, rest, winner));
+        }
     }
     replay_and_check(&dir, POLICIES, &cases, &["--workers", "1"]);
 }

@@ -99,8 +99,9 @@ fn conflict(b: &Policy, earlier: &[&Policy], more: usize) -> String {
 
 /// A policy that is valid but cannot mean what it seems to: one whose ICMP version is not
 /// its addresses' IP version (it never matches), one with an IPv4-mapped IPv6 prefix (IPv4
-/// packets carry IPv4 addresses, so it matches none of them), or a policy named `none`, which `policy explain`'s first line
-/// cannot tell from no winner.
+/// packets carry IPv4 addresses, so it matches none of them), `protocol: ah` with IPv6
+/// addresses (IPv6 flows are keyed by the protocol after AH), or a policy named `none`,
+/// which `policy explain`'s first line cannot tell from no winner.
 fn misleading(file: &str, p: &Policy) -> Option<Diagnostic> {
     let prefixes = || p.src_prefix.iter().chain(&p.dst_prefix);
     let why = if p.name == "none" {
@@ -108,6 +109,10 @@ fn misleading(file: &str, p: &Policy) -> Option<Diagnostic> {
     } else if let Some((m, v4)) = prefixes().find_map(|x| Some((x, ipv4_mapped(x)?))) {
         format!(
             "matches no IPv4 traffic: {m} is an IPv4-mapped IPv6 prefix (IPv4 packets match IPv4 prefixes: {v4})"
+        )
+    } else if let (Some(51), Some(v6)) = (p.protocol, prefixes().find(|x| !x.is_ipv4())) {
+        format!(
+            "in IPv6 traffic such as {v6}, AH is an extension header and a flow's protocol is the one AH protects, so protocol ah matches only non-first fragments whose first fragment was not seen"
         )
     } else {
         let (icmp, v4) = match p.protocol {
@@ -259,7 +264,10 @@ mod tests {
             {"name":"ping6","protocol":"icmp","dst_prefix":"2001:db8::/32","dscp":2},
             {"name":"ping4","protocol":"icmpv6","src_prefix":"10.0.0.0/8","dscp":3},
             {"name":"mapped","dst_prefix":"::ffff:10.0.0.0/104","dscp":4},
-            {"name":"fine","protocol":"icmpv6","dst_prefix":"2001:db8::/32","dscp":5}
+            {"name":"ah6","protocol":"ah","src_prefix":"2001:db8:1::/48","dscp":6},
+            {"name":"fine","protocol":"icmpv6","dst_prefix":"2001:db8::/32","dscp":5},
+            {"name":"ah4","protocol":"ah","dst_prefix":"10.0.0.0/8","dscp":7},
+            {"name":"ah","protocol":"ah","dscp":8}
         ]}"#;
         let (_, warnings) = parse_policies("p.json", text).expect("valid");
         let lines: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
@@ -268,6 +276,7 @@ mod tests {
             "p.json:3:13: warning: policy \"ping6\": never matches: protocol icmp does not occur in IPv6 traffic such as 2001:db8::/32",
             "p.json:4:13: warning: policy \"ping4\": never matches: protocol icmpv6 does not occur in IPv4 traffic such as 10.0.0.0/8",
             "p.json:5:13: warning: policy \"mapped\": matches no IPv4 traffic: ::ffff:10.0.0.0/104 is an IPv4-mapped IPv6 prefix (IPv4 packets match IPv4 prefixes: 10.0.0.0/8)",
+            "p.json:6:13: warning: policy \"ah6\": in IPv6 traffic such as 2001:db8:1::/48, AH is an extension header and a flow's protocol is the one AH protects, so protocol ah matches only non-first fragments whose first fragment was not seen",
         ];
         assert_eq!(lines.len(), expect.len(), "{lines:#?}");
         for (line, want) in lines.iter().zip(expect) {

@@ -63,7 +63,8 @@ pub struct Packet {
     pub vlans: Vec<u16>,
     /// IPv4 options bytes (a multiple of 4, at most 40).
     pub ipv4_options: Vec<u8>,
-    /// IPv6 extension headers to insert, by next-header number (0, 43, 60), 8 bytes each.
+    /// IPv6 extension headers to insert, by next-header number: 0, 43 and 60 are 8 bytes
+    /// each, 51 (AH) is 24 (a 12-byte ICV).
     pub ipv6_ext: Vec<u8>,
     /// IPv4 identification.
     pub ip_id: u16,
@@ -147,7 +148,7 @@ impl Packet {
                 f.extend_from_slice(&h);
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let ext_len = 8 * self.ipv6_ext.len();
+                let ext_len: usize = self.ipv6_ext.iter().map(|&h| ext_header_len(h)).sum();
                 let mut h = vec![0u8; 40];
                 h[0] = 0x60 | (self.tos >> 4);
                 h[1] = self.tos << 4;
@@ -160,14 +161,22 @@ impl Packet {
                 h[7] = 64;
                 h[8..24].copy_from_slice(&s.octets());
                 h[24..40].copy_from_slice(&d.octets());
-                for (i, _) in self.ipv6_ext.iter().enumerate() {
+                for (i, &this) in self.ipv6_ext.iter().enumerate() {
                     let next = self
                         .ipv6_ext
                         .get(i + 1)
                         .copied()
                         .unwrap_or(self.l4.protocol(true));
-                    // Next header, length 0 (8 bytes), then a PadN option filling the rest.
-                    h.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+                    if this == proto::AH {
+                        // Next header, length 4 ((4 + 2) × 4 bytes), reserved, SPI,
+                        // sequence number, ICV.
+                        h.extend_from_slice(&[next, 4, 0, 0, 0, 0, 0x10, 0x01, 0, 0, 0, 1]);
+                        h.extend_from_slice(&[0xa5; 12]);
+                    } else {
+                        // Next header, length 0 (8 bytes), then a PadN option filling the
+                        // rest.
+                        h.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+                    }
                 }
                 f.extend_from_slice(&h);
             }
@@ -266,6 +275,15 @@ fn ethernet_header(vlans: &[u16], ethertype: u16) -> Vec<u8> {
     }
     f.extend_from_slice(&ethertype.to_be_bytes());
     f
+}
+
+/// The size of the IPv6 extension header `next_header` that [`Packet::build`] writes.
+fn ext_header_len(next_header: u8) -> usize {
+    if next_header == proto::AH {
+        24
+    } else {
+        8
+    }
 }
 
 /// Ethernet frames are at least 60 bytes without FCS; short ones carry zero padding.

@@ -11,15 +11,16 @@
 //!   header checksum is not verified: a bump in the wire forwards what it gets and
 //!   the receiver judges; marking keeps a valid checksum valid.
 //! - IPv6 whose version is 6 and whose Payload Length is within the frame. The
-//!   hop-by-hop, routing, fragment and destination-options headers are walked,
-//!   at most [`MAX_EXTENSION_HEADERS`] of them, in any order (lenient: finding the
-//!   upper layer is our job, enforcing RFC 8200's order is not).
-//! - AH (51) ends the walk in both families, and is the key's protocol with no
-//!   ports. In IPv4 the header says so; in IPv6 we do the same so that a policy
-//!   `"protocol": "ah"` means the same thing in both families (walking through AH
-//!   would hide it behind the protected protocol).
+//!   hop-by-hop, routing, fragment, destination-options and authentication (AH)
+//!   headers are walked, at most [`MAX_EXTENSION_HEADERS`] of them, in any order
+//!   (lenient: finding the upper layer is our job, enforcing RFC 8200's order is not).
+//! - AH is an extension header in IPv6 (SPEC §5), so an AH-protected IPv6 flow has the
+//!   protocol and ports AH protects (AH authenticates, it does not hide them). In IPv4,
+//!   AH (51) is the header's protocol and the key's, with no ports: a policy
+//!   `"protocol": "ah"` matches IPv4 AH, and `policy check` says so of one with an IPv6
+//!   prefix.
 //! - TCP, UDP and SCTP give ports (and TCP its flags); every other protocol (ICMP,
-//!   ICMPv6, ESP, GRE, AH, ...) gives its number only, ports 0.
+//!   ICMPv6, ESP, GRE, IPv4's AH, ...) gives its number only, ports 0.
 //! - A non-first fragment (IPv4 offset ≠ 0, IPv6 fragment header offset ≠ 0) has no
 //!   upper-layer header: ports 0 and [`FlowKey::PORTS_UNKNOWN`]. Its protocol is
 //!   the IPv4 Protocol, or the IPv6 fragment header's Next Header.
@@ -274,7 +275,8 @@ impl From<Truncated> for MalformedReason {
 
 /// How many IPv6 extension headers the parser walks before giving up. RFC 8200
 /// allows each at most once (destination options twice), so a legitimate packet
-/// has at most 6; a longer chain is an attack on parsers like this one.
+/// has at most 6 that the parser walks (hop-by-hop, routing, fragment, AH, two
+/// destination options); a longer chain is an attack on parsers like this one.
 pub const MAX_EXTENSION_HEADERS: usize = 8;
 
 /// Parses `frame` (Ethernet header first, no FCS). `inbound` sets
@@ -524,7 +526,7 @@ fn parse_ipv6<'a>(
             next,
             protocol::HOPOPT | protocol::IPV6_ROUTE | protocol::IPV6_OPTS
         );
-        if !is_generic && next != protocol::IPV6_FRAG {
+        if !is_generic && next != protocol::IPV6_FRAG && next != protocol::AH {
             break;
         }
         walked += 1;
@@ -533,6 +535,10 @@ fn parse_ipv6<'a>(
         }
         if is_generic {
             let header = ipv6ext::Header::new_checked(&payload[at..])?;
+            next = header.next_header();
+            at += header.header_len();
+        } else if next == protocol::AH {
+            let header = ipv6ext::AuthHeader::new_checked(&payload[at..])?;
             next = header.next_header();
             at += header.header_len();
         } else {

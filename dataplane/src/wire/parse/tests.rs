@@ -273,18 +273,65 @@ fn ipv6_each_extension_header() {
 }
 
 #[test]
-fn ipv6_ah_is_the_protocol() {
-    // AH ends the walk, as in IPv4: `protocol: ah` must match in both families.
+fn ipv6_ah_is_walked() {
+    // SPEC §5: AH is one of IPv6's extension headers. It authenticates, it does not
+    // hide: the flow is the TCP it carries, ports and flags.
     let frame = eth6(&testutil::ipv6(
         0,
         HOPOPT,
-        &testutil::ext(AH, 0, &testutil::ah(TCP, &testutil::tcp(1, 2, 0))),
+        &testutil::ext(AH, 0, &testutil::ah(TCP, &testutil::tcp(1, 2, flags::SYN))),
     ));
     let info = info(&frame);
-    assert_eq!(info.key.protocol, AH);
-    assert_eq!((info.key.src_port, info.key.dst_port), (0, 0));
+    assert_eq!(
+        (info.key.protocol, info.key.src_port, info.key.dst_port),
+        (TCP, 1, 2)
+    );
+    assert_eq!(info.tcp_flags, flags::SYN);
     assert!(!info.key.ports_unknown());
-    assert_eq!(info.l4_offset, Some(62));
+    // 14 Ethernet + 40 IPv6 + 8 hop-by-hop + 24 AH (12-byte ICV).
+    assert_eq!(info.l4_offset, Some(86));
+
+    // In a first fragment AH follows the fragment header; in a non-first one the
+    // fragment header names AH and nothing follows it but data.
+    let ah_udp = testutil::ah(UDP, &testutil::udp(5004, 5006, &[0; 8]));
+    let first = eth6(&testutil::ipv6(
+        0,
+        IPV6_FRAG,
+        &testutil::frag(AH, 0, true, 5, &ah_udp),
+    ));
+    let info = self::info(&first);
+    assert_eq!((info.key.protocol, info.key.dst_port), (UDP, 5006));
+    assert_eq!(info.fragment, Fragment::First { id: 5 });
+    let rest = eth6(&testutil::ipv6(
+        0,
+        IPV6_FRAG,
+        &testutil::frag(AH, 4, false, 5, &[7; 16]),
+    ));
+    let info = self::info(&rest);
+    assert_eq!(info.key.protocol, AH);
+    assert!(info.key.ports_unknown());
+    assert_eq!(info.fragment, Fragment::NonFirst { id: 5 });
+
+    // AH with nothing after it, or whose length runs past the payload.
+    let nothing = eth6(&testutil::ipv6(0, AH, &testutil::ah(NONXT_FOR_TEST, &[])));
+    assert_eq!(self::info(&nothing).key.protocol, NONXT_FOR_TEST);
+    let mut long = testutil::ah(TCP, &testutil::tcp(1, 2, 0));
+    long[1] = 40; // (40 + 2) × 4 = 168 bytes, beyond the 44 there are
+    assert_eq!(
+        malformed(&eth6(&testutil::ipv6(0, AH, &long))),
+        MalformedReason::Truncated
+    );
+    // It counts towards the bound like any other extension header.
+    let mut inner = testutil::ah(UDP, &testutil::udp(1, 2, &[]));
+    let mut next = AH;
+    for _ in 0..MAX_EXTENSION_HEADERS {
+        inner = testutil::ext(next, 0, &inner);
+        next = IPV6_OPTS;
+    }
+    let frame = eth6(&testutil::ipv6(0, next, &inner));
+    assert_eq!(malformed(&frame), MalformedReason::TooManyExtensionHeaders);
+
+    // IPv4 AH stays the protocol: `protocols_without_ports`.
 }
 
 /// `n` destination-options headers, then UDP.
