@@ -314,7 +314,7 @@ impl Burst<'_> {
                     .map_or(0, |h| h.until);
                 let mut hint = ShaperHint::NONE;
                 let verdict = self.act.classified(policy, info, hash, &mut hint, frame);
-                return handover::held(verdict, until);
+                return self.act.held(policy, verdict, until);
             }
         }
         let entry = flow_entry(self.cache, self.tick, info, probe);
@@ -334,7 +334,7 @@ impl Burst<'_> {
             &mut entry.shaper_hint,
             frame,
         );
-        handover::held(verdict, until)
+        self.act.held(entry.policy, verdict, until)
     }
 }
 
@@ -398,6 +398,20 @@ impl Act<'_> {
         };
         self.mark(actions, info, frame, at);
         verdict
+    }
+
+    /// What becomes of `verdict`, for a frame classified to `policy`, while its flow is held
+    /// until `until` (0: not held). A frame the hold makes wait is counted as delayed by
+    /// its policy, as one its shaper made wait would be (an unmatched one has no policy to
+    /// count it).
+    #[inline]
+    fn held(&self, policy: u32, verdict: Verdict, until: u64) -> Verdict {
+        let after = handover::held(verdict, until);
+        if verdict == Verdict::Forward && after != verdict && policy != FlowEntry::NO_POLICY {
+            let actions = self.set.actions(policy);
+            actions.counters(self.worker).delayed.inc();
+        }
+        after
     }
 
     /// Counts a frame its policy lets go at TSC time `at`, and marks it.
@@ -488,7 +502,7 @@ fn stale(
 ) -> Verdict {
     let until = settle(entry, act, holds, &info.key, hash);
     let verdict = act.classified(entry.policy, info, hash, &mut entry.shaper_hint, frame);
-    handover::held(verdict, until)
+    act.held(entry.policy, verdict, until)
 }
 
 /// Brings a stale entry up to date with `act`'s policies: classifies it again unless it is
@@ -766,6 +780,11 @@ mod tests {
         assert_eq!(send(&mut p, 2, now + us(1_913)), Verdict::Forward);
         assert_eq!(send(&mut p, 1, now + us(4_197)), Verdict::Forward);
         assert!(p.holds.is_empty());
+        // The three frames the holds made wait count as delayed by "b", the policy that
+        // sent them; the three that went straight through do not.
+        let b = pubr.all_stats().into_iter().find(|s| s.name == "b");
+        let t = b.expect("b's counters").totals();
+        assert_eq!((t.packets, t.delayed), (6, 3));
     }
 
     /// The same for a `policy`-scope shaper (its clock is shared): a new `throttle_per`
