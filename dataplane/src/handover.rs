@@ -15,10 +15,13 @@
 //! a slot's packets in order). The new shaper is charged for a held packet when it comes,
 //! so at the hold's end the flow may send what it sent meanwhile on top of its new burst.
 //!
-//! Not covered, each needing a coincidence on top of a reload: a held flow the flow cache
-//! evicts (full) forgets its hold; a fragmented datagram whose first fragment came before
-//! the reload and the rest after; a `host` instance retired as idle whose slot another
-//! policy's instance for the same host took (the flow is then held behind that one).
+//! A hold is kept by flow hash, apart from the flow's cache entry, so a held flow the cache
+//! evicts (full) is held again when it comes back.
+//!
+//! Not covered, each needing a coincidence on top of a reload: a fragmented datagram whose
+//! first fragment came before the reload and the rest after; a `host` instance retired as
+//! idle whose slot another policy's instance for the same host took (the flow is then held
+//! behind that one).
 
 use hashbrown::HashMap;
 

@@ -523,6 +523,12 @@ fn settle(
         FlowEntry::HOLDING => holds
             .get(hash)
             .map_or((FlowEntry::UNCLASSIFIED, 0), |h| (h.tag, h.until)),
+        // A new entry may be a held flow the cache evicted (full) and meets again: its
+        // hold outlives the entry, though its policy index did not.
+        FlowEntry::UNCLASSIFIED if !holds.is_empty() => (
+            FlowEntry::UNCLASSIFIED,
+            holds.get(hash).map_or(0, |h| h.until),
+        ),
         g => (g, 0),
     };
     // (A hold found for another flow of the same 64-bit hash could pair this entry with
@@ -630,6 +636,7 @@ pub fn match_key(key: &FlowKey) -> MatchKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::Eviction;
     use crate::policy_set::{Publisher, ShaperSettings};
     use crate::synth::{Packet, L4};
 
@@ -861,6 +868,43 @@ mod tests {
         p.housekeeping(now);
         assert_eq!(send(&mut p, 1, now + us(3_100)), Verdict::Forward);
         assert!(p.holds.is_empty(), "its hold let go");
+    }
+
+    /// A held flow that the flow cache evicts (full) and meets again is still held: the
+    /// hold outlives its entry.
+    #[test]
+    fn a_held_flow_evicted_from_a_full_cache_is_still_held() {
+        let pubr = publisher(
+            r#"{"policies":[{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
+                "throttle_per":"flow","burst":1514}]}"#,
+        );
+        let config = PipelineConfig {
+            flow_capacity: 16,
+            ..PipelineConfig::defaults(HZ)
+        };
+        let counters = Arc::new(WorkerCounters::default());
+        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+        let now = 10 * HZ;
+        for _ in 0..3 {
+            send(&mut p, 1, now);
+        }
+        pubr.publish(table(
+            r#"{"policies":[{"name":"b","dst_port":53,"dscp":16}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(1_912)));
+        // 160 other flows through the 16-flow cache push flow 1 out.
+        for port in 0..160u16 {
+            let src = IpAddr::from([10, 0, 1, 1]);
+            let dst = IpAddr::from([192, 0, 2, 9]);
+            let mut f = Packet::new(src, dst, L4::Udp { src: port, dst: 9 }).build();
+            assert_eq!(p.process(&mut f, Side::Inside, now), Verdict::Forward);
+        }
+        let full = p.counters.evictions[Eviction::Full as usize].get();
+        assert!(full >= 144, "{full} evicted: flow 1 among them");
+        assert_eq!(send(&mut p, 1, now + us(10)), Verdict::At(now + us(1_912)));
+        assert_eq!(send(&mut p, 1, now + us(1_913)), Verdict::Forward);
     }
 
     /// The fragments of a held flow's datagram are held with it: the non-first ones, which
