@@ -9,6 +9,9 @@
 //! was direct-mapped, one slot per hash: two of 64 datagrams in flight collided in 9 of
 //! 20 runs, and a fragment of the older one lost its result.) A fragment that misses
 //! is classified with its ports unknown, as the SPEC allows.
+//!
+//! The first fragment's whole flow key is kept, so that when a reload comes between a
+//! datagram's fragments the rest can go as the flow goes under the new policies.
 
 use std::hash::BuildHasher;
 
@@ -16,7 +19,7 @@ use hashbrown::DefaultHashBuilder;
 
 use crate::wire::FlowKey;
 
-/// Slots per set; a set's slots are adjacent (80 bytes each: 640 KiB a worker).
+/// Slots per set; a set's slots are adjacent (88 bytes each: 704 KiB a worker).
 const WAYS: usize = 8;
 const SETS: usize = 1024;
 
@@ -33,10 +36,26 @@ struct DatagramKey {
 struct Slot {
     key: DatagramKey,
     policy: u32,
+    /// The rest of the first fragment's flow key: its ports (source in the high half), its
+    /// outer VLAN and its protocol (for IPv6 the upper layer's).
+    ports: u32,
+    vlan: u16,
+    protocol: u8,
     hash: u64,
     generation: u64,
     /// When it was remembered, in remembered datagrams: the smallest in a set goes first.
     stamp: u64,
+}
+
+/// What the table remembers of a datagram from its first fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram {
+    /// The first fragment's flow, its hash, and the policy it was classified to under
+    /// policy generation `generation`.
+    pub flow: FlowKey,
+    pub hash: u64,
+    pub policy: u32,
+    pub generation: u64,
 }
 
 pub struct FragmentTable {
@@ -79,14 +98,18 @@ impl FragmentTable {
         set * WAYS..(set + 1) * WAYS
     }
 
-    /// Records the result (policy and flow hash) for a first fragment.
+    /// Records the result for a first fragment whose flow key is `key`: the policy it was
+    /// classified to under `generation`, and the flow's hash.
     pub fn remember(&mut self, key: &FlowKey, id: u32, policy: u32, hash: u64, generation: u64) {
-        let key = datagram(key, id);
-        let set = self.set(&key);
+        let datagram = datagram(key, id);
+        let set = self.set(&datagram);
         self.stamp += 1;
         let slot = Slot {
-            key,
+            key: datagram,
             policy,
+            ports: u32::from(key.src_port) << 16 | u32::from(key.dst_port),
+            vlan: key.vlan,
+            protocol: key.protocol,
             hash,
             generation,
             stamp: self.stamp,
@@ -94,32 +117,54 @@ impl FragmentTable {
         // The datagram's own slot (a first fragment seen again), else a free one, else the
         // one remembered longest ago.
         let ways = &mut self.slots[set];
-        let i = (ways.iter().position(|w| w.is_some_and(|w| w.key == key)))
-            .or_else(|| ways.iter().position(Option::is_none))
-            .unwrap_or_else(|| {
-                (0..WAYS)
-                    .min_by_key(|&i| ways[i].map_or(0, |w| w.stamp))
-                    .unwrap_or(0)
-            });
+        let i = (ways
+            .iter()
+            .position(|w| w.is_some_and(|w| w.key == datagram)))
+        .or_else(|| ways.iter().position(Option::is_none))
+        .unwrap_or_else(|| {
+            (0..WAYS)
+                .min_by_key(|&i| ways[i].map_or(0, |w| w.stamp))
+                .unwrap_or(0)
+        });
         ways[i] = Some(slot);
     }
 
-    /// The policy and flow hash recorded for a non-first fragment's datagram under
-    /// `generation`.
-    pub fn recall(&self, key: &FlowKey, id: u32, generation: u64) -> Option<(u32, u64)> {
-        let key = datagram(key, id);
-        self.slots[self.set(&key)]
+    /// What was remembered of a non-first fragment's datagram (its key is `key`), if its
+    /// first fragment was seen.
+    pub fn recall(&self, key: &FlowKey, id: u32) -> Option<Datagram> {
+        let datagram = datagram(key, id);
+        let s = self.slots[self.set(&datagram)]
             .iter()
             .flatten()
-            .find(|s| s.key == key)
-            .filter(|s| s.generation == generation)
-            .map(|s| (s.policy, s.hash))
+            .find(|s| s.key == datagram)?;
+        let flow = FlowKey {
+            src: s.key.src,
+            dst: s.key.dst,
+            src_port: (s.ports >> 16) as u16,
+            dst_port: s.ports as u16,
+            vlan: s.vlan,
+            protocol: s.protocol,
+            flags: s.key.flags,
+        };
+        Some(Datagram {
+            flow,
+            hash: s.hash,
+            policy: s.policy,
+            generation: s.generation,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy and flow hash remembered for `key`'s datagram `id` under `generation`.
+    fn recall(t: &FragmentTable, key: &FlowKey, id: u32, generation: u64) -> Option<(u32, u64)> {
+        t.recall(key, id)
+            .filter(|d| d.generation == generation)
+            .map(|d| (d.policy, d.hash))
+    }
 
     #[test]
     fn non_first_fragments_find_their_datagram_only() {
@@ -132,10 +177,15 @@ mod tests {
             flags: FlowKey::PORTS_UNKNOWN,
             ..first
         };
-        assert_eq!(t.recall(&later, 77, 1), Some((3, 99)));
-        assert_eq!(t.recall(&later, 78, 1), None, "another datagram");
+        assert_eq!(recall(&t, &later, 77, 1), Some((3, 99)));
         assert_eq!(
-            t.recall(&later, 77, 2),
+            t.recall(&later, 77).map(|d| d.flow),
+            Some(first),
+            "the whole flow key"
+        );
+        assert_eq!(recall(&t, &later, 78, 1), None, "another datagram");
+        assert_eq!(
+            recall(&t, &later, 77, 2),
             None,
             "classified under an older generation"
         );
@@ -143,7 +193,7 @@ mod tests {
             flags: FlowKey::INBOUND | FlowKey::PORTS_UNKNOWN,
             ..later
         };
-        assert_eq!(t.recall(&inbound, 77, 1), None, "the other direction");
+        assert_eq!(recall(&t, &inbound, 77, 1), None, "the other direction");
         // IPv6: the first fragment's key has the upper layer (UDP), a later one the fragment
         // header's next header (destination options): the same datagram all the same.
         let v6_first = FlowKey {
@@ -159,7 +209,8 @@ mod tests {
             dst_port: 0,
             ..first
         };
-        assert_eq!(t.recall(&v6_later, 9, 1), Some((4, 98)));
+        assert_eq!(recall(&t, &v6_later, 9, 1), Some((4, 98)));
+        assert_eq!(t.recall(&v6_later, 9).map(|d| d.flow), Some(v6_first));
     }
 
     fn udp_key(src: u8) -> FlowKey {
@@ -182,7 +233,10 @@ mod tests {
             t.remember(&udp_key(1), id, id, u64::from(id) * 3, 1);
         }
         for id in 0..500u32 {
-            assert_eq!(t.recall(&udp_key(1), id, 1), Some((id, u64::from(id) * 3)));
+            assert_eq!(
+                recall(&t, &udp_key(1), id, 1),
+                Some((id, u64::from(id) * 3))
+            );
         }
     }
 
@@ -195,15 +249,15 @@ mod tests {
         // Each set keeps its eight latest: the last 500 are all there, and the first are
         // gone.
         for id in 99_500..100_000u32 {
-            assert_eq!(t.recall(&udp_key(7), id, 1), Some((id, 0)));
+            assert_eq!(recall(&t, &udp_key(7), id, 1), Some((id, 0)));
         }
         let old = (0..1000u32)
-            .filter(|&id| t.recall(&udp_key(7), id, 1).is_some())
+            .filter(|&id| recall(&t, &udp_key(7), id, 1).is_some())
             .count();
         assert_eq!(old, 0);
         // A first fragment seen again takes its own slot, not a second one.
         t.remember(&udp_key(7), 99_999, 5, 0, 2);
-        assert_eq!(t.recall(&udp_key(7), 99_999, 2), Some((5, 0)));
-        assert_eq!(t.recall(&udp_key(7), 99_999, 1), None);
+        assert_eq!(recall(&t, &udp_key(7), 99_999, 2), Some((5, 0)));
+        assert_eq!(recall(&t, &udp_key(7), 99_999, 1), None);
     }
 }

@@ -16,12 +16,13 @@
 //! so at the hold's end the flow may send what it sent meanwhile on top of its new burst.
 //!
 //! A hold is kept by flow hash, apart from the flow's cache entry, so a held flow the cache
-//! evicts (full) is held again when it comes back.
+//! evicts (full) is held again when it comes back. A datagram whose first fragment came
+//! before the reload and the rest after is held with its flow: the rest go as the flow
+//! (`crate::fragments` keeps the first fragment's flow key).
 //!
-//! Not covered, each needing a coincidence on top of a reload: a fragmented datagram whose
-//! first fragment came before the reload and the rest after; a `host` instance retired as
-//! idle whose slot another policy's instance for the same host took (the flow is then held
-//! behind that one).
+//! Not covered: a `host` instance retired as idle whose slot another policy's instance for
+//! the same host took, on top of a reload (the flow is then held behind that one: later,
+//! never out of order).
 
 use hashbrown::HashMap;
 

@@ -306,34 +306,55 @@ impl Burst<'_> {
     #[inline(never)]
     fn fragment(&mut self, info: &PacketInfo, probe: Probe, frame: &mut [u8]) -> Verdict {
         let generation = self.act.set.generation;
+        // The flow the fragment goes as: its own, or its datagram's.
+        let (mut key, mut probe) = (info.key, probe);
         if let Fragment::NonFirst { id } = info.fragment {
-            if let Some((policy, hash)) = self.fragments.recall(&info.key, id, generation) {
-                // Held with its datagram's flow, if that is held.
-                let until = (self.holds.get(hash))
-                    .filter(|h| h.until > self.act.now)
-                    .map_or(0, |h| h.until);
-                let mut hint = ShaperHint::NONE;
-                let verdict = self.act.classified(policy, info, hash, &mut hint, frame);
-                return self.act.held(policy, verdict, until);
+            match self.fragments.recall(&info.key, id) {
+                Some(d) if d.generation == generation => {
+                    // Held with its datagram's flow, if that is held.
+                    let until = (self.holds.get(d.hash))
+                        .filter(|h| h.until > self.act.now)
+                        .map_or(0, |h| h.until);
+                    let mut hint = ShaperHint::NONE;
+                    let verdict = self
+                        .act
+                        .classified(d.policy, info, d.hash, &mut hint, frame);
+                    return self.act.held(d.policy, verdict, until);
+                }
+                // The datagram straddles a reload: its first fragment was classified under
+                // the policies before. The rest go as its flow goes now (classified again,
+                // held behind the first if that waits on a shaper the flow has left).
+                Some(d) => {
+                    key = d.flow;
+                    let candidate = self.cache.prefetch_slot(d.hash);
+                    probe = Probe {
+                        hash: d.hash,
+                        candidate,
+                    };
+                }
+                None => {}
             }
         }
-        let entry = flow_entry(self.cache, self.tick, info, probe);
+        // (Only a first fragment can carry TCP flags.)
+        let entry = (self.cache).lookup_probed(&key, probe, self.tick, closes(info));
         let until = if entry.generation != self.tag {
-            settle(entry, &mut self.act, self.holds, &info.key, probe.hash)
+            settle(entry, &mut self.act, self.holds, &key, probe.hash)
         } else {
             0
         };
-        if let Fragment::First { id } = info.fragment {
-            self.fragments
-                .remember(&info.key, id, entry.policy, probe.hash, generation);
+        let id = match info.fragment {
+            Fragment::First { id } => Some(id),
+            // Remembered again under this generation, for the datagram's other fragments.
+            Fragment::NonFirst { id } if key != info.key => Some(id),
+            _ => None,
+        };
+        if let Some(id) = id {
+            (self.fragments).remember(&key, id, entry.policy, probe.hash, generation);
         }
-        let verdict = self.act.classified(
-            entry.policy,
-            info,
-            probe.hash,
-            &mut entry.shaper_hint,
-            frame,
-        );
+        let hint = &mut entry.shaper_hint;
+        let verdict = self
+            .act
+            .classified(entry.policy, info, probe.hash, hint, frame);
         self.act.held(entry.policy, verdict, until)
     }
 }
@@ -483,8 +504,13 @@ fn flow_entry<'a>(
     info: &PacketInfo,
     probe: Probe,
 ) -> &'a mut FlowEntry {
-    let closing = info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0;
-    cache.lookup_probed(&info.key, probe, tick, closing)
+    cache.lookup_probed(&info.key, probe, tick, closes(info))
+}
+
+/// Whether the frame is a TCP FIN or RST, which shortens its flow's life.
+#[inline(always)]
+fn closes(info: &PacketInfo) -> bool {
+    info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0
 }
 
 /// A frame whose flow entry is not current (new, classified under another generation, or
@@ -924,19 +950,8 @@ mod tests {
         ))
         .expect("publishable");
         p.housekeeping(now);
-        // Datagram 7 of the flow, in two fragments (IPv4 flags and offset at bytes 20-21).
-        let fragment = |flags_offset: u16| {
-            let src = IpAddr::from([10, 0, 0, 1]);
-            let dst = IpAddr::from([192, 0, 2, 1]);
-            let udp = L4::Udp { src: 5000, dst: 53 };
-            let mut f = Packet::new(src, dst, udp).ip_id(7).payload(1100).build();
-            f[20..22].copy_from_slice(&flags_offset.to_be_bytes());
-            f[24..26].fill(0);
-            let sum = crate::synth::checksum(&[&f[14..34]]);
-            f[24..26].copy_from_slice(&sum.to_be_bytes());
-            f
-        };
-        let (mut first, mut rest) = (fragment(0x2000), fragment(139));
+        // Datagram 7 of the flow, in two fragments.
+        let (mut first, mut rest) = (fragment(7, 0x2000), fragment(7, 139));
         assert_eq!(
             p.process(&mut first, Side::Inside, now),
             Verdict::At(now + us(1_912))
@@ -946,6 +961,65 @@ mod tests {
             Verdict::At(now + us(1_912))
         );
         assert_eq!((dscp(&first), dscp(&rest)), (16, 16));
+    }
+
+    /// A fragment of client 1's flow (10.0.0.1:5000 → 192.0.2.1:53): datagram `id`, with
+    /// IPv4 flags and offset `flags_offset` (More Fragments is 0x2000).
+    fn fragment(id: u16, flags_offset: u16) -> Vec<u8> {
+        let src = IpAddr::from([10, 0, 0, 1]);
+        let dst = IpAddr::from([192, 0, 2, 1]);
+        let udp = L4::Udp { src: 5000, dst: 53 };
+        let mut f = Packet::new(src, dst, udp).ip_id(id).payload(1100).build();
+        f[20..22].copy_from_slice(&flags_offset.to_be_bytes());
+        f[24..26].fill(0);
+        let sum = crate::synth::checksum(&[&f[14..34]]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f
+    }
+
+    /// A datagram whose first fragment came before a reload and the rest after: the rest
+    /// go as the flow goes under the new policies (not as a flow of unknown ports), and
+    /// no earlier than the first fragment, which the old shaper still holds.
+    #[test]
+    fn a_datagram_that_straddles_a_reload_keeps_its_order_and_takes_the_new_policy() {
+        let pubr = publisher(
+            r#"{"policies":[{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
+                "throttle_per":"flow","burst":1514}]}"#,
+        );
+        let mut p = pipeline(&pubr);
+        let now = 10 * HZ;
+        for departs in [0, 770] {
+            let expect = if departs == 0 {
+                Verdict::Forward
+            } else {
+                Verdict::At(now + us(departs))
+            };
+            assert_eq!(send(&mut p, 1, now), expect);
+        }
+        let mut first = fragment(9, 0x2000);
+        assert_eq!(
+            p.process(&mut first, Side::Inside, now),
+            Verdict::At(now + us(1_912))
+        );
+        assert_eq!(dscp(&first), 8);
+        pubr.publish(table(
+            r#"{"policies":[{"name":"b","dst_port":53,"dscp":16}]}"#,
+        ))
+        .expect("publishable");
+        p.housekeeping(now);
+        for (at, flags_offset) in [(100, 139 | 0x2000), (200, 278)] {
+            let mut rest = fragment(9, flags_offset);
+            let v = p.process(&mut rest, Side::Inside, now + us(at));
+            assert_eq!(
+                v,
+                Verdict::At(now + us(1_912)),
+                "fragment at offset {flags_offset:#x}"
+            );
+            assert_eq!(dscp(&rest), 16, "policy b's marking");
+        }
+        let b = pubr.all_stats().into_iter().find(|s| s.name == "b");
+        let t = b.expect("b's counters").totals();
+        assert_eq!((t.flows, t.packets, t.delayed), (1, 2, 2));
     }
 
     /// A PCP-only policy marks tagged frames; an untagged one passes unchanged and is not
