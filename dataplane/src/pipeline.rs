@@ -306,8 +306,9 @@ impl Burst<'_> {
     #[inline(never)]
     fn fragment(&mut self, info: &PacketInfo, probe: Probe, frame: &mut [u8]) -> Verdict {
         let generation = self.act.set.generation;
-        // The flow the fragment goes as: its own, or its datagram's.
-        let (mut key, mut probe) = (info.key, probe);
+        // The frame as its flow sees it: its own key, or its datagram's (the same
+        // addresses and direction, with the first fragment's ports).
+        let (mut flow, mut probe) = (*info, probe);
         if let Fragment::NonFirst { id } = info.fragment {
             match self.fragments.recall(&info.key, id) {
                 Some(d) if d.generation == generation => {
@@ -325,7 +326,7 @@ impl Burst<'_> {
                 // the policies before. The rest go as its flow goes now (classified again,
                 // held behind the first if that waits on a shaper the flow has left).
                 Some(d) => {
-                    key = d.flow;
+                    flow.key = d.flow;
                     let candidate = self.cache.prefetch_slot(d.hash);
                     probe = Probe {
                         hash: d.hash,
@@ -335,27 +336,24 @@ impl Burst<'_> {
                 None => {}
             }
         }
-        // (Only a first fragment can carry TCP flags.)
-        let entry = (self.cache).lookup_probed(&key, probe, self.tick, closes(info));
-        let until = if entry.generation != self.tag {
-            settle(entry, &mut self.act, self.holds, &key, probe.hash)
+        let entry = flow_entry(self.cache, self.tick, &flow, probe);
+        let verdict = if entry.generation != self.tag {
+            stale(entry, &mut self.act, self.holds, &flow, probe.hash, frame)
         } else {
-            0
+            let hint = &mut entry.shaper_hint;
+            self.act
+                .classified(entry.policy, &flow, probe.hash, hint, frame)
         };
         let id = match info.fragment {
             Fragment::First { id } => Some(id),
             // Remembered again under this generation, for the datagram's other fragments.
-            Fragment::NonFirst { id } if key != info.key => Some(id),
+            Fragment::NonFirst { id } if flow.key != info.key => Some(id),
             _ => None,
         };
         if let Some(id) = id {
-            (self.fragments).remember(&key, id, entry.policy, probe.hash, generation);
+            (self.fragments).remember(&flow.key, id, entry.policy, probe.hash, generation);
         }
-        let hint = &mut entry.shaper_hint;
-        let verdict = self
-            .act
-            .classified(entry.policy, info, probe.hash, hint, frame);
-        self.act.held(entry.policy, verdict, until)
+        verdict
     }
 }
 
