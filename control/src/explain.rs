@@ -139,6 +139,16 @@ pub fn explain_key(table: &PolicyTable, key: &MatchKey) -> String {
     out
 }
 
+/// A last line for a key the gateway almost never sees, where the operator may have meant
+/// another: IPv6 AH, which the parser walks through as an extension header.
+fn note(key: &MatchKey) -> Option<&'static str> {
+    (key.protocol == 51 && key.src.is_ipv6()).then_some(
+        "note: in IPv6, AH is an extension header: qosgw classifies AH-protected traffic by \
+         the protocol AH carries (give that with --proto); only a non-first fragment whose \
+         first fragment was not seen has protocol ah\n",
+    )
+}
+
 /// Parses `IP` or `IP:PORT` (IPv6 with a port as `[2001:db8::1]:443`).
 pub fn parse_endpoint(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     let bad = || format!("{s:?} is not IP or IP:PORT (IPv6 with a port: [2001:db8::1]:443)");
@@ -249,7 +259,9 @@ pub fn explain(
                 path.display()
             ),
         })?;
-    Ok(explain_key(&table, &key))
+    let mut out = explain_key(&table, &key);
+    out.extend(note(&key));
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -370,6 +382,17 @@ lost: boss (line 5): step 1, precedence: 100 < 127
         .unwrap();
         let out = explain(&good, "tcp", "10.0.0.1:5000", "10.0.0.2:443", None, None).unwrap();
         assert!(out.starts_with("winner: web\n"), "{out}");
+        assert!(!out.contains("note:"), "{out}");
+        // IPv6 AH gets a note after the answer; IPv4 AH does not.
+        let ah6 = explain(&good, "ah", "2001:db8::1", "2001:db8::2", None, None).unwrap();
+        let lines: Vec<&str> = ah6.lines().collect();
+        assert_eq!(lines[0], "winner: none");
+        assert!(
+            lines[2].starts_with("note: in IPv6, AH is an extension header"),
+            "{ah6}"
+        );
+        let ah4 = explain(&good, "ah", "10.0.0.1", "10.0.0.2", None, None).unwrap();
+        assert_eq!(ah4, "winner: none\n  no policy matches this flow\n");
         let bad = dir.join("bad.json");
         std::fs::write(&bad, r#"{"policies": [{"name": "web", "dscp": 99}]}"#).unwrap();
         let err = explain(&bad, "tcp", "10.0.0.1", "10.0.0.2", None, None).unwrap_err();
