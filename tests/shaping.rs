@@ -145,22 +145,38 @@ fn dscp_of(f: &[u8]) -> u8 {
     f[15] >> 2
 }
 
-/// The fit: bits sent after the 10th-percentile packet up to and including the
-/// 90th-percentile packet, over the time between them, in bits/s.
+/// The fit of bytes over time between the 10th- and 90th-percentile packets: the
+/// least-squares slope of the bits sent so far against each packet's departure, in bits/s.
+/// (Every packet of the window counts, so one packet the kernel delayed at either end
+/// moves the slope by little; the ratio of the two ends' bits and times swung by 2 % when
+/// the worker was preempted at one of them on a busy machine.)
 fn fitted_bps(stream: &[&Record]) -> f64 {
     assert!(
         stream.len() >= 50,
         "too few packets to fit: {}",
         stream.len()
     );
-    let (p10, p90) = (stream.len() / 10, stream.len() * 9 / 10);
-    let bits: u64 = stream[p10 + 1..=p90]
+    let window = &stream[stream.len() / 10..=stream.len() * 9 / 10];
+    let t0 = window[0].ts_ns;
+    let mut sent = 0u64;
+    let points: Vec<(f64, f64)> = window
         .iter()
-        .map(|r| r.orig_len as u64 * 8)
-        .sum();
-    let ns = stream[p90].ts_ns - stream[p10].ts_ns;
-    assert!(ns > 0, "p10 and p90 packets left at the same time");
-    bits as f64 * 1e9 / ns as f64
+        .map(|r| {
+            // A packet's bits are on the wire once it has left: counted from the next one.
+            let point = ((r.ts_ns - t0) as f64 / 1e9, sent as f64);
+            sent += u64::from(r.orig_len) * 8;
+            point
+        })
+        .collect();
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(x, y), p| (x + p.0 / n, y + p.1 / n));
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(xy, xx), p| {
+        (xy + (p.0 - mx) * (p.1 - my), xx + (p.0 - mx) * (p.0 - mx))
+    });
+    assert!(sxx > 0.0, "the window's packets all left at the same time");
+    sxy / sxx
 }
 
 /// Asserts `stream` was paced at `bps` within [`TOLERANCE`].
