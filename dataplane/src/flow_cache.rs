@@ -6,7 +6,9 @@
 //! LRU approximation that costs a bit-set per hit instead of list surgery) picks the victim,
 //! so an insert never fails and no packet is ever dropped for want of room. Idle entries
 //! expire incrementally: each call to [`FlowCache::expire`] looks at a few slots, never the
-//! whole table. TCP flows that have seen FIN or RST expire after a shorter timeout.
+//! whole table. TCP flows that have seen FIN or RST expire after a shorter timeout: a RST
+//! ends both directions' entries (the side that is reset sends nothing more), and a SYN
+//! on a closing entry is a new connection on the 5-tuple, which lives as long as any.
 //!
 //! In front of the hash table sits a *front cache* (like Open vSwitch's exact-match
 //! cache): the flow hash picks one bucket, a cache line of eight (hash tag, slot) ways.
@@ -36,6 +38,7 @@ use crate::counters::{Eviction, WorkerCounters};
 use crate::huge_pages;
 use crate::prefetch::prefetch;
 use crate::shaper::ShaperHint;
+use crate::wire::tcp::flags::{FIN, RST, SYN};
 use crate::wire::FlowKey;
 
 /// A flow's classification, as the pipeline stores it.
@@ -116,6 +119,8 @@ const OCCUPIED: u8 = 1;
 const REFERENCED: u8 = 2;
 /// The flow saw a TCP FIN or RST: it expires after the short timeout.
 const CLOSING: u8 = 4;
+/// The TCP flags that change a flow's life (see [`FlowCache::tcp_life`]).
+const LIFE: u8 = FIN | SYN | RST;
 
 /// One flow, in one cache line: the key (40 bytes), its entry (16), when it was last seen
 /// (in [`FlowCache::tick_shift`] units) and its state bits.
@@ -359,13 +364,14 @@ impl FlowCache {
     }
 
     /// Finds `key`'s entry, inserting an [`FlowEntry::UNCLASSIFIED`] one on a miss
-    /// (evicting another flow if the cache is full). `closing` marks a TCP FIN/RST.
+    /// (evicting another flow if the cache is full). `tcp_flags` is the packet's TCP flags
+    /// octet (0 if it has none): FIN, RST and SYN change the flow's life.
     #[inline]
-    pub fn lookup(&mut self, key: &FlowKey, now: u64, closing: bool) -> &mut FlowEntry {
+    pub fn lookup(&mut self, key: &FlowKey, now: u64, tcp_flags: u8) -> &mut FlowEntry {
         let hash = self.hash(key);
         let candidate = self.prefetch_slot(hash);
         let tick = self.tick(now);
-        self.lookup_probed(key, Probe { hash, candidate }, tick, closing)
+        self.lookup_probed(key, Probe { hash, candidate }, tick, tcp_flags)
     }
 
     /// [`FlowCache::lookup`] with the key's [`hash`](FlowCache::hash), the front cache's
@@ -376,9 +382,8 @@ impl FlowCache {
         key: &FlowKey,
         Probe { hash, candidate }: Probe,
         Tick(tick): Tick,
-        closing: bool,
+        tcp_flags: u8,
     ) -> &mut FlowEntry {
-        let closing = if closing { CLOSING } else { 0 };
         let in_front = self
             .slots
             .get(candidate.0 as usize)
@@ -387,10 +392,48 @@ impl FlowCache {
         // merged index the hit path bounds-checked its slot twice.
         if in_front {
             self.counters.cache_hits.inc();
-            return self.slots[candidate.0 as usize].seen(tick, REFERENCED | closing);
+            let index = candidate.0 as usize;
+            if tcp_flags & LIFE != 0 {
+                return self.tcp_life(index, tick, REFERENCED, tcp_flags);
+            }
+            return self.slots[index].seen(tick, REFERENCED);
         }
         let (index, referenced) = self.lookup_table(key, hash);
-        self.slots[index].seen(tick, referenced | closing)
+        if tcp_flags & LIFE != 0 {
+            return self.tcp_life(index, tick, referenced, tcp_flags);
+        }
+        self.slots[index].seen(tick, referenced)
+    }
+
+    /// [`Slot::seen`] for a packet with FIN, RST or SYN in `tcp_flags`. FIN or RST: the
+    /// flow is closing, and expires after the short timeout; a RST closes the other
+    /// direction's entry too, which would otherwise wait out the idle timeout. A SYN
+    /// alone: a new connection on the 5-tuple (a client reusing its port), no longer
+    /// closing.
+    #[cold]
+    #[inline(never)]
+    fn tcp_life(
+        &mut self,
+        index: usize,
+        tick: u32,
+        referenced: u8,
+        tcp_flags: u8,
+    ) -> &mut FlowEntry {
+        if tcp_flags & RST != 0 {
+            let reply = reversed(&self.slots[index].key);
+            let hash = self.hash(&reply);
+            let slots = &self.slots;
+            if let Some(&i) = self.table.find(hash, |&i| slots[i as usize].key == reply) {
+                self.slots[i as usize].state |= CLOSING;
+            }
+        }
+        let slot = &mut self.slots[index];
+        if tcp_flags & (FIN | RST) != 0 {
+            slot.state |= CLOSING;
+        } else {
+            slot.state &= !CLOSING;
+        }
+        slot.seen(tick, referenced)
     }
 
     /// The hash table's answer for a key the front cache did not know (inserting it if
@@ -536,9 +579,23 @@ impl FlowCache {
         }
     }
 }
+/// The key of the other direction of `key`'s connection: addresses and ports swapped, the
+/// other side's direction.
+fn reversed(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        src: key.dst,
+        dst: key.src,
+        src_port: key.dst_port,
+        dst_port: key.src_port,
+        flags: key.flags ^ FlowKey::INBOUND,
+        ..*key
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tcp::flags::ACK;
 
     impl FlowCache {
         fn find(&self, key: &FlowKey) -> Option<FlowEntry> {
@@ -582,12 +639,12 @@ mod tests {
     #[test]
     fn a_new_flow_misses_once_then_hits() {
         let (mut fc, c) = cache(16);
-        let e = fc.lookup(&key(1), 0, false);
+        let e = fc.lookup(&key(1), 0, 0);
         assert_eq!(e.generation, FlowEntry::UNCLASSIFIED);
         e.policy = 7;
         e.generation = 1;
         for t in 1..5 {
-            let e = *fc.lookup(&key(1), t, false);
+            let e = *fc.lookup(&key(1), t, 0);
             assert_eq!((e.policy, e.generation), (7, 1));
         }
         assert_eq!((c.cache_misses.get(), c.cache_hits.get()), (1, 4));
@@ -598,7 +655,7 @@ mod tests {
     fn churn_through_a_small_cache_keeps_it_bounded_and_counts_evictions() {
         let (mut fc, c) = cache(100);
         for n in 0..1000 {
-            let e = fc.lookup(&key(n), u64::from(n), false);
+            let e = fc.lookup(&key(n), u64::from(n), 0);
             assert_eq!(e.generation, FlowEntry::UNCLASSIFIED, "flow {n} is new");
             e.generation = 1;
             e.policy = n;
@@ -636,14 +693,14 @@ mod tests {
         assert_eq!(fc.front.len(), 1 << 18);
         assert_eq!(fc.front_mask + 1, FRONT_MIN);
         for n in 0..10_000 {
-            fc.lookup(&key(n), 0, false).policy = n;
+            fc.lookup(&key(n), 0, 0).policy = n;
         }
         // 10 000 flows at four a bucket: a span of 4 096 buckets.
         assert_eq!(fc.front_mask + 1, 4096);
         // Flows entered before a doubling miss the front once and come back from the
         // table, with their own entry.
         for n in 0..10_000 {
-            assert_eq!(fc.lookup(&key(n), 1, false).policy, n, "flow {n}");
+            assert_eq!(fc.lookup(&key(n), 1, 0).policy, n, "flow {n}");
         }
         assert_eq!(c.cache_misses.get(), 10_000);
         assert_eq!(c.cache_hits.get(), 10_000);
@@ -665,7 +722,7 @@ mod tests {
         let (mut fc, c) = cache(2000);
         assert_eq!(fc.front.len(), 512);
         for n in 0..2000 {
-            let e = fc.lookup(&key(n), 0, false);
+            let e = fc.lookup(&key(n), 0, 0);
             e.policy = n;
             e.generation = 1;
         }
@@ -677,7 +734,7 @@ mod tests {
         assert!(crowded > 0, "some bucket is full");
         for round in 0..3 {
             for n in 0..2000 {
-                let e = *fc.lookup(&key(n), round, false);
+                let e = *fc.lookup(&key(n), round, 0);
                 assert_eq!((e.policy, e.generation), (n, 1), "flow {n}");
             }
         }
@@ -694,8 +751,8 @@ mod tests {
         };
         let mut fc = FlowCache::new(16, timeouts, Arc::new(WorkerCounters::default()));
         let start = 1u64 << 40;
-        fc.lookup(&key(1), start, true);
-        fc.lookup(&key(2), start, false);
+        fc.lookup(&key(1), start, FIN);
+        fc.lookup(&key(2), start, 0);
         fc.expire(start + 2 * hz - hz / 500, 16);
         assert_eq!(fc.len(), 2, "closed flow kept until its 2 s are up");
         fc.expire(start + 2 * hz + hz / 500, 16);
@@ -710,12 +767,12 @@ mod tests {
     fn recently_used_flows_survive_eviction() {
         let (mut fc, _) = cache(64);
         for n in 0..64 {
-            fc.lookup(&key(n), 0, false).generation = 1;
+            fc.lookup(&key(n), 0, 0).generation = 1;
         }
         // Flow 0 stays busy while 200 one-packet flows pass through.
         for n in 100..300 {
-            fc.lookup(&key(0), u64::from(n), false);
-            fc.lookup(&key(n), u64::from(n), false).generation = 1;
+            fc.lookup(&key(0), u64::from(n), 0);
+            fc.lookup(&key(n), u64::from(n), 0).generation = 1;
         }
         assert_eq!(
             fc.find(&key(0)).map(|e| e.generation),
@@ -727,9 +784,9 @@ mod tests {
     #[test]
     fn idle_flows_expire_incrementally_and_closed_tcp_sooner() {
         let (mut fc, c) = cache(16);
-        fc.lookup(&key(1), 0, false);
-        fc.lookup(&key(2), 0, true);
-        fc.lookup(&key(3), 900, false);
+        fc.lookup(&key(1), 0, 0);
+        fc.lookup(&key(2), 0, FIN);
+        fc.lookup(&key(3), 900, 0);
         fc.expire(150, 16);
         assert!(
             fc.find(&key(2)).is_none(),
@@ -745,7 +802,55 @@ mod tests {
         assert_eq!(c.evictions[Eviction::Idle as usize].get(), 1);
         assert_eq!(c.cache_entries.get(), 1);
         // A freed slot is reused.
-        fc.lookup(&key(4), 1600, false);
+        fc.lookup(&key(4), 1600, 0);
         assert_eq!(fc.slots.len(), 3);
+    }
+
+    /// A RST from either side ends both directions of the connection; a FIN only its own
+    /// (the other side sends its own FIN, or goes on sending: a half-close).
+    #[test]
+    fn a_rst_closes_both_directions_and_a_fin_its_own() {
+        let (mut fc, c) = cache(16);
+        for n in [1, 2, 3] {
+            fc.lookup(&key(n), 0, 0);
+            fc.lookup(&reversed(&key(n)), 0, 0);
+        }
+        fc.lookup(&reversed(&key(1)), 10, RST);
+        fc.lookup(&key(2), 10, RST | ACK);
+        fc.lookup(&key(3), 10, FIN | ACK);
+        fc.expire(150, 16);
+        assert!(fc.find(&key(1)).is_none(), "reset by the server");
+        assert!(fc.find(&reversed(&key(1))).is_none());
+        assert!(fc.find(&key(2)).is_none(), "reset by the client");
+        assert!(fc.find(&reversed(&key(2))).is_none());
+        assert!(fc.find(&key(3)).is_none(), "its FIN");
+        assert!(
+            fc.find(&reversed(&key(3))).is_some(),
+            "half-closed: still sending"
+        );
+        assert_eq!(c.evictions[Eviction::TcpClose as usize].get(), 5);
+    }
+
+    /// A SYN on a closing flow is a new connection on the same 5-tuple: it lives for the
+    /// idle timeout again, not 2 s after its last packet. FIN with SYN still closes.
+    #[test]
+    fn a_syn_after_a_fin_opens_the_flow_again() {
+        let (mut fc, c) = cache(16);
+        fc.lookup(&key(1), 0, FIN | ACK);
+        fc.lookup(&key(1), 20, SYN);
+        fc.lookup(&reversed(&key(1)), 0, FIN | ACK);
+        fc.lookup(&reversed(&key(1)), 20, SYN | ACK);
+        fc.lookup(&key(2), 0, SYN | FIN);
+        fc.expire(500, 16);
+        assert!(fc.find(&key(1)).is_some(), "reopened by its SYN");
+        assert!(fc.find(&reversed(&key(1))).is_some(), "and by the SYN-ACK");
+        assert!(fc.find(&key(2)).is_none());
+        assert_eq!(
+            c.cache_misses.get(),
+            3,
+            "the new connection is the same flow"
+        );
+        fc.expire(1100, 16);
+        assert!(fc.is_empty(), "idle after 1 000");
     }
 }

@@ -502,13 +502,7 @@ fn flow_entry<'a>(
     info: &PacketInfo,
     probe: Probe,
 ) -> &'a mut FlowEntry {
-    cache.lookup_probed(&info.key, probe, tick, closes(info))
-}
-
-/// Whether the frame is a TCP FIN or RST, which shortens its flow's life.
-#[inline(always)]
-fn closes(info: &PacketInfo) -> bool {
-    info.tcp_flags & (wire::tcp::flags::FIN | wire::tcp::flags::RST) != 0
+    cache.lookup_probed(&info.key, probe, tick, info.tcp_flags)
 }
 
 /// A frame whose flow entry is not current (new, classified under another generation, or
