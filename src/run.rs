@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use control::config::{load_gateway_config, GatewayConfig as FileConfig};
+use dataplane::counters::{self, Counter, WorkerCounters};
 use dataplane::dpdk::{lcores_arg, Eal};
 use dataplane::flow_cache::{FlowCache, Timeouts};
 use dataplane::gateway::{Gateway, GatewayConfig};
@@ -183,26 +184,59 @@ fn start(
         .map(|_| StopWhen::Flag(stop.clone()))
         .collect();
     let report = gateway.run(stops).map_err(|e| e.to_string())?;
-    let held: u64 = report
-        .workers
-        .iter()
-        .map(|w| w.shaper_stop_dropped.get())
-        .sum();
-    let handed: u64 = (report.workers.iter())
-        .flat_map(|w| w.handed_dropped.iter().map(|c| c.get()))
-        .sum();
+    let workers = || report.workers.iter().map(|w| &**w);
+    let handed = counters::sum(workers(), |w| {
+        w.handed_dropped.iter().map(Counter::get).sum()
+    });
     if handed > 0 {
         errln!(
             "qosgw: {handed} frames were dropped between workers (an owner's inbox was full, \
              or it had stopped)"
         );
     }
+    let malformed = if cfg.malformed_drop {
+        counters::sum(workers(), WorkerCounters::malformed_total)
+    } else {
+        0
+    };
+    let tx_full = counters::sum(workers(), |w| w.tx_full.iter().map(Counter::get).sum());
+    let tx_errors = report.ports[0].tx_errors + report.ports[1].tx_errors;
     errln!(
-        "qosgw: stopped; {} frames in, {} out, {held} shaped frames still held were dropped",
-        report.ports[0].rx_packets + report.ports[1].rx_packets,
-        report.ports[0].tx_packets + report.ports[1].tx_packets,
+        "qosgw: stopped; {}",
+        stop_line(
+            report.ports[0].rx_packets + report.ports[1].rx_packets,
+            report.ports[0].tx_packets + report.ports[1].tx_packets,
+            &[
+                (
+                    counters::sum(workers(), |w| w.shaper_dropped.get()),
+                    "by shapers for delay"
+                ),
+                (
+                    counters::sum(workers(), |w| w.shaper_stop_dropped.get()),
+                    "still held by shapers"
+                ),
+                (malformed, "malformed"),
+                (tx_full, "refused by a full TX queue"),
+                (tx_errors, "lost in a port's transmit (driver errors)"),
+                (handed, "between workers"),
+            ],
+        )
     );
     Ok(())
+}
+
+/// The books of a stopped gateway, for its last line: frames in, out, and each way they
+/// were dropped (the first two ways always, the others when there were any), so that the
+/// line adds up by itself: in = out + dropped.
+fn stop_line(frames_in: u64, out: u64, dropped: &[(u64, &str)]) -> String {
+    let shown: Vec<String> = (dropped.iter().enumerate())
+        .filter(|&(i, &(n, _))| i < 2 || n > 0)
+        .map(|(_, (n, why))| format!("{n} {why}"))
+        .collect();
+    format!(
+        "{frames_in} frames in, {out} out; dropped: {}",
+        shown.join(", ")
+    )
 }
 
 /// The config's EAL arguments plus the command line's, with one lcore per worker when
@@ -221,4 +255,23 @@ fn eal_args(cfg: &FileConfig, extra: &[String]) -> Vec<String> {
         args.push("--log-level=notice".to_owned());
     }
     args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stop_line;
+
+    #[test]
+    fn the_stop_line_shows_the_first_two_drops_always_and_the_others_when_any() {
+        let drops = [
+            (4680, "late"),
+            (0, "held"),
+            (0, "malformed"),
+            (3, "refused"),
+        ];
+        assert_eq!(
+            stop_line(5000, 317, &drops),
+            "5000 frames in, 317 out; dropped: 4680 late, 0 held, 3 refused"
+        );
+    }
 }

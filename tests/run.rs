@@ -1949,19 +1949,28 @@ fn sigterm_with_a_shaper_backlog_stops_within_2_s_and_accounts_for_every_frame()
     );
     let log = gw.sigterm_stops_within_2_s();
     let got = read_capture(&output);
-    let held: u64 = log
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once(" out, ")?;
-            rest.split_once(" shaped frames still held")?.0.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no count of held frames in the stop message:\n{log}"));
-    assert_eq!(
-        got.len() as u64 + dropped + held,
-        n,
-        "sent {} + dropped {dropped} + held at stop {held} != {n} received",
-        got.len()
+    // The stop line adds up by itself: in = out + each way of dropping.
+    let line = (log.lines())
+        .find_map(|l| l.strip_prefix("qosgw: stopped; "))
+        .unwrap_or_else(|| panic!("no stop line:\n{log}"));
+    let count = |label: &str| -> u64 {
+        let before = line.split_once(label).map(|(b, _)| b);
+        let n = before.and_then(|b| b.rsplit([' ', ':', ',']).find(|w| !w.is_empty()));
+        n.and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {label:?} count in the stop line: {line}"))
+    };
+    let (frames_in, out) = (count(" frames in"), count(" out;"));
+    let (late, held) = (
+        count(" by shapers for delay"),
+        count(" still held by shapers"),
     );
+    assert_eq!(
+        (frames_in, out, late),
+        (n, got.len() as u64, dropped),
+        "{line}"
+    );
+    assert_eq!(frames_in, out + late + held, "{line}");
+    assert!(held > 0, "{line}");
     // What was sent is in order, with the policy's DSCP.
     let ids: Vec<u16> = got
         .iter()

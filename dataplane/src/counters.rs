@@ -101,6 +101,9 @@ pub struct WorkerCounters {
     /// Packets in the timing wheel, and their bytes.
     pub shaper_backlog_packets: Gauge,
     pub shaper_backlog_bytes: Gauge,
+    /// Packets a shaper dropped because they would have left too late (`max_delay_ms`),
+    /// whatever their policy: the per-policy counts end with their policies.
+    pub shaper_dropped: Counter,
     /// Shaped packets still held when `run` stopped: freed, counted here.
     pub shaper_stop_dropped: Counter,
     /// Frames received on a side for another worker (steering, `run` with several

@@ -412,6 +412,7 @@ impl Act<'_> {
             }
             Decision::Drop => {
                 counters.dropped.inc();
+                self.counters.shaper_dropped.inc();
                 return Verdict::Drop;
             }
         };
