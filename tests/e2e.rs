@@ -1040,4 +1040,11 @@ fn e2e_a_link_going_down_and_up_is_logged_and_exported() {
         matches!((down, up), (Some(d), Some(u)) if d < u),
         "link down, then up, in:\n{log}"
     );
+    // What the port that was down could not send is in the books once, as refused.
+    let mut qosgw = rig.qosgw.take().expect("qosgw runs");
+    let status = qosgw.stop();
+    let log = qosgw.output();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{log}");
+    let refused = common::stop_books(&log).dropped("refused by a TX queue");
+    assert!(refused >= 1, "{refused} refused frames in:\n{log}");
 }

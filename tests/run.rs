@@ -1949,28 +1949,18 @@ fn sigterm_with_a_shaper_backlog_stops_within_2_s_and_accounts_for_every_frame()
     );
     let log = gw.sigterm_stops_within_2_s();
     let got = read_capture(&output);
-    // The stop line adds up by itself: in = out + each way of dropping.
-    let line = (log.lines())
-        .find_map(|l| l.strip_prefix("qosgw: stopped; "))
-        .unwrap_or_else(|| panic!("no stop line:\n{log}"));
-    let count = |label: &str| -> u64 {
-        let before = line.split_once(label).map(|(b, _)| b);
-        let n = before.and_then(|b| b.rsplit([' ', ':', ',']).find(|w| !w.is_empty()));
-        n.and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {label:?} count in the stop line: {line}"))
-    };
-    let (frames_in, out) = (count(" frames in"), count(" out;"));
-    let (late, held) = (
-        count(" by shapers for delay"),
-        count(" still held by shapers"),
-    );
+    let books = stop_books(&log);
+    let held = books.dropped("still held by shapers");
     assert_eq!(
-        (frames_in, out, late),
+        (
+            books.frames_in,
+            books.out,
+            books.dropped("by shapers for delay")
+        ),
         (n, got.len() as u64, dropped),
-        "{line}"
+        "{log}"
     );
-    assert_eq!(frames_in, out + late + held, "{line}");
-    assert!(held > 0, "{line}");
+    assert!(held > 0, "{log}");
     // What was sent is in order, with the policy's DSCP.
     let ids: Vec<u16> = got
         .iter()
@@ -2091,7 +2081,14 @@ fn untrusted_dscp_is_cleared_and_malformed_frames_are_dropped() {
     );
     assert_eq!(dropped as u64, 2, "both malformed frames counted");
     let (st, _, _) = gw.terminate("TERM", Duration::from_secs(10));
-    assert_eq!(st.code(), Some(0), "{}", gw.proc.output());
+    let log = gw.proc.output();
+    assert_eq!(st.code(), Some(0), "{log}");
+    let books = stop_books(&log);
+    assert_eq!(
+        (books.frames_in, books.dropped("malformed")),
+        (5, 2),
+        "{log}"
+    );
 
     let got: Vec<Vec<u8>> = read_capture(&output).into_iter().map(|r| r.data).collect();
     assert_eq!(got.len(), 3, "the malformed frames were dropped");

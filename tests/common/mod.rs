@@ -429,3 +429,46 @@ pub fn poll_until<T>(limit: std::time::Duration, mut f: impl FnMut() -> Option<T
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// `run`'s stop line: frames in, out, and how many were dropped each way.
+pub struct StopBooks {
+    pub frames_in: u64,
+    pub out: u64,
+    pub dropped: Vec<(u64, String)>,
+}
+
+impl StopBooks {
+    /// The count dropped as `why` says (0 if the line does not name it).
+    pub fn dropped(&self, why: &str) -> u64 {
+        (self.dropped.iter())
+            .find(|(_, w)| w == why)
+            .map_or(0, |(n, _)| *n)
+    }
+}
+
+/// Reads the stop line (`qosgw: stopped; N frames in, M out; dropped: K why, ...`) from a
+/// gateway's log, and asserts that it adds up by itself: in = out + every way of dropping.
+pub fn stop_books(log: &str) -> StopBooks {
+    let line = (log.lines())
+        .find_map(|l| l.strip_prefix("qosgw: stopped; "))
+        .unwrap_or_else(|| panic!("no stop line:\n{log}"));
+    let parsed = (|| {
+        let (counts, dropped) = line.split_once("; dropped: ")?;
+        let (frames_in, out) = counts.split_once(" frames in, ")?;
+        let dropped = (dropped.split(", "))
+            .map(|d| {
+                let (n, why) = d.split_once(' ')?;
+                Some((n.parse().ok()?, why.to_owned()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(StopBooks {
+            frames_in: frames_in.parse().ok()?,
+            out: out.strip_suffix(" out")?.parse().ok()?,
+            dropped,
+        })
+    })();
+    let books = parsed.unwrap_or_else(|| panic!("a stop line that does not parse: {line}"));
+    let dropped: u64 = books.dropped.iter().map(|(n, _)| n).sum();
+    assert_eq!(books.frames_in, books.out + dropped, "{line}");
+    books
+}
