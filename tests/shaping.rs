@@ -2,11 +2,12 @@
 //! §4 `replay`, §5 Shaping), measured from the output capture's timestamps, which are the
 //! real transmit times.
 //!
-//! A stream's rate is fitted as the issue says: the bits sent after its 10th-percentile
-//! packet up to and including its 90th-percentile packet, over the time between those two
-//! packets. That leaves out the initial burst and the tail, and it counts whole frames as
-//! seen on the port (Ethernet header through payload, no FCS), which is what a throttle
-//! counts (SPEC §2).
+//! A stream's rate is fitted over the window the issue names, from its 10th- to its
+//! 90th-percentile packet: the least-squares slope of the bits sent so far against the
+//! departure times (see [`fitted_bps`]; not the ratio of the two ends, which one preempted
+//! packet at either end moves). That leaves out the initial burst and the tail, and it
+//! counts whole frames as seen on the port (Ethernet header through payload, no FCS),
+//! which is what a throttle counts (SPEC §2).
 //!
 //! The replays in this file run one at a time (see [`serial`]): each one busy-polls a core
 //! per worker, and on a 2-core machine two concurrent replays would steal each other's
@@ -145,11 +146,12 @@ fn dscp_of(f: &[u8]) -> u8 {
     f[15] >> 2
 }
 
-/// The issue's fit of bytes over time between the 10th- and 90th-percentile packets: the
-/// least-squares slope of the bits sent so far against each packet's departure, in bits/s.
-/// (Every packet of the window counts, so one packet the kernel delayed at either end
-/// moves the slope by little; the ratio of the two ends' bits and times swung by 2 % when
-/// the worker was preempted at one of them on a busy machine.)
+/// A fit of bytes over time between the 10th- and 90th-percentile packets, as the issue
+/// asks: the least-squares slope of the bits sent so far against each packet's departure,
+/// in bits/s. Under steady pacing both this and the ratio of the window's two ends read
+/// the rate; but every packet of the window counts here, so one packet the kernel delayed
+/// at either end moves the slope by little, where the ratio swung by 2 % when the worker
+/// was preempted at one end on a busy machine.
 fn fitted_bps(stream: &[&Record]) -> f64 {
     assert!(
         stream.len() >= 50,

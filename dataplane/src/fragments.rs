@@ -1,8 +1,8 @@
 //! Remembers the classification of fragmented datagrams, so that non-first fragments
 //! (which carry no ports) follow their first fragment (SPEC §5).
 //!
-//! A small set-associative table per worker: (source, destination, protocol, IP ID)
-//! hashes to a set of [`WAYS`] slots, and a new datagram takes a free slot of its set or
+//! A small set-associative table per worker: (source, destination, protocol, IP ID, outer
+//! VLAN) hashes to a set of [`WAYS`] slots, and a new datagram takes a free slot of its set or
 //! the one remembered longest ago. Fragments of one datagram arrive within milliseconds of
 //! each other, so 8 192 slots hold every datagram of any realistic number in flight: a
 //! datagram is forgotten only once its set has seen eight newer ones. (The first version
@@ -28,6 +28,8 @@ struct DatagramKey {
     src: [u8; 16],
     dst: [u8; 16],
     id: u32,
+    /// Outer VLAN: two tenants' networks on one trunk may reuse addresses and IDs.
+    vlan: u16,
     protocol: u8,
     flags: u8,
 }
@@ -36,10 +38,9 @@ struct DatagramKey {
 struct Slot {
     key: DatagramKey,
     policy: u32,
-    /// The rest of the first fragment's flow key: its ports (source in the high half), its
-    /// outer VLAN and its protocol (for IPv6 the upper layer's).
+    /// The rest of the first fragment's flow key: its ports (source in the high half) and
+    /// its protocol (for IPv6 the upper layer's).
     ports: u32,
-    vlan: u16,
     protocol: u8,
     hash: u64,
     generation: u64,
@@ -76,8 +77,8 @@ impl Default for FragmentTable {
 }
 
 fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
-    // Ports are not part of it: non-first fragments do not have them. Direction and IP
-    // version are (flags), PORTS_UNKNOWN is not. The protocol is for IPv4 only: an IPv6
+    // Ports are not part of it: non-first fragments do not have them. The outer VLAN,
+    // direction and IP version (flags) are, PORTS_UNKNOWN is not. The protocol is for IPv4 only: an IPv6
     // datagram is (source, destination, identification) (RFC 8200 §4.5), and the key's
     // protocol differs between its fragments when extension headers follow the fragment
     // header (the first fragment's key has the upper layer, the others the next header).
@@ -86,6 +87,7 @@ fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
         src: key.src,
         dst: key.dst,
         id,
+        vlan: key.vlan,
         protocol,
         flags: key.flags & !FlowKey::PORTS_UNKNOWN,
     }
@@ -108,7 +110,6 @@ impl FragmentTable {
             key: datagram,
             policy,
             ports: u32::from(key.src_port) << 16 | u32::from(key.dst_port),
-            vlan: key.vlan,
             protocol: key.protocol,
             hash,
             generation,
@@ -142,7 +143,7 @@ impl FragmentTable {
             dst: s.key.dst,
             src_port: (s.ports >> 16) as u16,
             dst_port: s.ports as u16,
-            vlan: s.vlan,
+            vlan: s.key.vlan,
             protocol: s.protocol,
             flags: s.key.flags,
         };
@@ -194,6 +195,8 @@ mod tests {
             ..later
         };
         assert_eq!(recall(&t, &inbound, 77, 1), None, "the other direction");
+        let tagged = FlowKey { vlan: 20, ..later };
+        assert_eq!(recall(&t, &tagged, 77, 1), None, "another VLAN");
         // IPv6: the first fragment's key has the upper layer (UDP), a later one the fragment
         // header's next header (destination options): the same datagram all the same.
         let v6_first = FlowKey {
