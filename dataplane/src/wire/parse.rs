@@ -234,7 +234,7 @@ pub enum MalformedReason {
     Truncated,
     /// EtherType IPv4 with version ≠ 4, or EtherType IPv6 with version ≠ 6.
     BadIpVersion,
-    /// IPv4 IHL below 5.
+    /// IPv4 IHL below 5, or an IPv6 AH whose length is below its 12 fixed bytes.
     BadIpHeaderLength,
     /// IPv4 Total Length below the header length or beyond the frame; IPv6
     /// Payload Length beyond the frame.
@@ -539,6 +539,10 @@ fn parse_ipv6<'a>(
             at += header.header_len();
         } else if next == protocol::AH {
             let header = ipv6ext::AuthHeader::new_checked(&payload[at..])?;
+            if header.header_len() < ipv6ext::AH_MIN_LEN {
+                // Shorter than its own fixed fields: what follows would be read from them.
+                return Err(MalformedReason::BadIpHeaderLength);
+            }
             next = header.next_header();
             at += header.header_len();
         } else {

@@ -321,6 +321,15 @@ fn ipv6_ah_is_walked() {
         malformed(&eth6(&testutil::ipv6(0, AH, &long))),
         MalformedReason::Truncated
     );
+    // Payload Len 0 declares 8 bytes, less than AH's own 12: malformed. Payload Len 1 is
+    // AH without an ICV, 12 bytes: the walk goes on there (into what was the ICV).
+    let mut short = testutil::ah(TCP, &testutil::tcp(1, 2, 0));
+    short[1] = 0;
+    let frame = eth6(&testutil::ipv6(0, AH, &short));
+    assert_eq!(malformed(&frame), MalformedReason::BadIpHeaderLength);
+    short[1] = 1;
+    let key = self::info(&eth6(&testutil::ipv6(0, AH, &short))).key;
+    assert_eq!((key.protocol, key.src_port), (TCP, 0xaaaa));
     // It counts towards the bound like any other extension header.
     let mut inner = testutil::ah(UDP, &testutil::udp(1, 2, &[]));
     let mut next = AH;
