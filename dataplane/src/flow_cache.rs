@@ -245,8 +245,17 @@ pub struct FlowCache {
     closed_ticks: i32,
     evict_hand: usize,
     expire_hand: usize,
+    /// Where the shaper instances of removed throttled flows were, by flow hash
+    /// (direct-mapped, [`PARTED`] of them): a flow that comes back gets its hint again, so
+    /// that a reload in between still finds the shaper that may hold its packets
+    /// ([`crate::handover`]). A newer flow of the same slot takes its place.
+    parted: Box<[(u64, ShaperHint)]>,
     counters: Arc<WorkerCounters>,
 }
+
+/// How many removed flows' shaper hints [`FlowCache`] keeps: their packets leave within
+/// `max_delay_ms`, so only those removed recently matter.
+const PARTED: usize = 1024;
 
 /// The slot a round-robin `hand` over `n` slots points at, moving the hand on. It wraps by
 /// a compare: a division per step cost more than the look at the slot. (`slots` never
@@ -295,6 +304,7 @@ impl FlowCache {
             closed_ticks: ticks(timeouts.tcp_closed),
             evict_hand: 0,
             expire_hand: 0,
+            parted: vec![(0, ShaperHint::NONE); PARTED].into_boxed_slice(),
             counters,
         }
     }
@@ -485,7 +495,7 @@ impl FlowCache {
             entry: FlowEntry {
                 policy: FlowEntry::NO_POLICY,
                 generation: FlowEntry::UNCLASSIFIED,
-                shaper_hint: ShaperHint::NONE,
+                shaper_hint: self.parted_hint(hash),
                 counted: FlowEntry::NO_POLICY,
             },
             last_seen: 0,
@@ -539,8 +549,11 @@ impl FlowCache {
     fn remove(&mut self, index: usize, why: Eviction) {
         let slot = &mut self.slots[index];
         slot.state = 0;
-        let key = slot.key;
+        let (key, hint) = (slot.key, slot.entry.shaper_hint);
         let hash = self.hasher.hash(&key);
+        if hint != ShaperHint::NONE {
+            self.parted[hash as usize % PARTED] = (hash, hint);
+        }
         if let Ok(e) = self.table.find_entry(hash, |&i| i as usize == index) {
             e.remove();
         }
@@ -552,6 +565,15 @@ impl FlowCache {
         self.free.push(index as u32);
         self.counters.evictions[why as usize].inc();
         self.counters.cache_entries.set(self.table.len() as u64);
+    }
+
+    /// The shaper hint a removed flow hashing to `hash` left (taken), or none.
+    fn parted_hint(&mut self, hash: u64) -> ShaperHint {
+        let parted = &mut self.parted[hash as usize % PARTED];
+        if parted.0 != hash {
+            return ShaperHint::NONE;
+        }
+        std::mem::replace(parted, (0, ShaperHint::NONE)).1
     }
 
     /// Looks at up to `budget` slots and removes the ones idle for longer than their

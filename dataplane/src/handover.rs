@@ -16,7 +16,9 @@
 //! so at the hold's end the flow may send what it sent meanwhile on top of its new burst.
 //!
 //! A hold is kept by flow hash, apart from the flow's cache entry, so a held flow the cache
-//! evicts (full) is held again when it comes back. A datagram whose first fragment came
+//! evicts (full) is held again when it comes back; and a throttled flow evicted before the
+//! reload gets its shaper hint back from the cache when it returns, so the reload still
+//! finds the shaper that holds its packets. A datagram whose first fragment came
 //! before the reload and the rest after is held with its flow: the rest go as the flow
 //! (`crate::fragments` keeps the first fragment's flow key).
 //!

@@ -889,41 +889,59 @@ mod tests {
         assert!(p.holds.is_empty(), "its hold let go");
     }
 
-    /// A held flow that the flow cache evicts (full) and meets again is still held: the
-    /// hold outlives its entry.
+    /// A throttled flow that the flow cache evicts (full) and meets again keeps its order
+    /// across a reload, whether the eviction came after the reload held it (the hold
+    /// outlives its entry) or before (the cache gives the returning flow its shaper hint
+    /// back, so the reload still finds the shaper that holds its packets).
     #[test]
-    fn a_held_flow_evicted_from_a_full_cache_is_still_held() {
-        let pubr = publisher(
-            r#"{"policies":[{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
-                "throttle_per":"flow","burst":1514}]}"#,
-        );
-        let config = PipelineConfig {
-            flow_capacity: 16,
-            ..PipelineConfig::defaults(HZ)
-        };
-        let counters = Arc::new(WorkerCounters::default());
-        let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
-        let now = 10 * HZ;
-        for _ in 0..3 {
-            send(&mut p, 1, now);
+    fn a_throttled_flow_evicted_from_a_full_cache_keeps_its_order_across_a_reload() {
+        for evicted_after_reload in [true, false] {
+            let pubr = publisher(
+                r#"{"policies":[{"name":"a","dst_port":53,"dscp":8,"throttle":8000000,
+                    "throttle_per":"flow","burst":1514}]}"#,
+            );
+            let config = PipelineConfig {
+                flow_capacity: 16,
+                ..PipelineConfig::defaults(HZ)
+            };
+            let counters = Arc::new(WorkerCounters::default());
+            let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+            let now = 10 * HZ;
+            for _ in 0..3 {
+                send(&mut p, 1, now);
+            }
+            let reload = |p: &mut Pipeline| {
+                pubr.publish(table(
+                    r#"{"policies":[{"name":"b","dst_port":53,"dscp":16}]}"#,
+                ))
+                .expect("publishable");
+                p.housekeeping(now);
+            };
+            if evicted_after_reload {
+                reload(&mut p);
+                assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(1_912)));
+            }
+            // 160 other flows through the 16-flow cache push flow 1 out.
+            for port in 0..160u16 {
+                let src = IpAddr::from([10, 0, 1, 1]);
+                let dst = IpAddr::from([192, 0, 2, 9]);
+                let mut f = Packet::new(src, dst, L4::Udp { src: port, dst: 9 }).build();
+                assert_eq!(p.process(&mut f, Side::Inside, now), Verdict::Forward);
+            }
+            let full = p.counters.evictions[Eviction::Full as usize].get();
+            assert!(full >= 144, "{full} evicted: flow 1 among them");
+            if !evicted_after_reload {
+                reload(&mut p);
+            }
+            let at = now + us(10);
+            let why = if evicted_after_reload {
+                "after"
+            } else {
+                "before"
+            };
+            assert_eq!(send(&mut p, 1, at), Verdict::At(now + us(1_912)), "{why}");
+            assert_eq!(send(&mut p, 1, now + us(1_913)), Verdict::Forward);
         }
-        pubr.publish(table(
-            r#"{"policies":[{"name":"b","dst_port":53,"dscp":16}]}"#,
-        ))
-        .expect("publishable");
-        p.housekeeping(now);
-        assert_eq!(send(&mut p, 1, now), Verdict::At(now + us(1_912)));
-        // 160 other flows through the 16-flow cache push flow 1 out.
-        for port in 0..160u16 {
-            let src = IpAddr::from([10, 0, 1, 1]);
-            let dst = IpAddr::from([192, 0, 2, 9]);
-            let mut f = Packet::new(src, dst, L4::Udp { src: port, dst: 9 }).build();
-            assert_eq!(p.process(&mut f, Side::Inside, now), Verdict::Forward);
-        }
-        let full = p.counters.evictions[Eviction::Full as usize].get();
-        assert!(full >= 144, "{full} evicted: flow 1 among them");
-        assert_eq!(send(&mut p, 1, now + us(10)), Verdict::At(now + us(1_912)));
-        assert_eq!(send(&mut p, 1, now + us(1_913)), Verdict::Forward);
     }
 
     /// The fragments of a held flow's datagram are held with it: the non-first ones, which
