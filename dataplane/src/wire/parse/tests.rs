@@ -331,22 +331,23 @@ fn ipv6_ah_is_walked() {
     let key = self::info(&eth6(&testutil::ipv6(0, AH, &short))).key;
     assert_eq!((key.protocol, key.src_port), (TCP, 0xaaaa));
     // It counts towards the bound like any other extension header.
-    let mut inner = testutil::ah(UDP, &testutil::udp(1, 2, &[]));
-    let mut next = AH;
-    for _ in 0..MAX_EXTENSION_HEADERS {
-        inner = testutil::ext(next, 0, &inner);
-        next = IPV6_OPTS;
-    }
-    let frame = eth6(&testutil::ipv6(0, next, &inner));
-    assert_eq!(malformed(&frame), MalformedReason::TooManyExtensionHeaders);
+    let ah = testutil::ah(UDP, &testutil::udp(1, 2, &[]));
+    assert_eq!(
+        malformed(&options_before(MAX_EXTENSION_HEADERS, AH, ah)),
+        MalformedReason::TooManyExtensionHeaders
+    );
 
     // IPv4 AH stays the protocol: `protocols_without_ports`.
 }
 
 /// `n` destination-options headers, then UDP.
 fn ext_chain(n: usize) -> Vec<u8> {
-    let mut inner = testutil::udp(1, 2, &[]);
-    let mut next = UDP;
+    options_before(n, UDP, testutil::udp(1, 2, &[]))
+}
+
+/// An IPv6 frame of `n` destination-options headers, then `inner`, a header of type `kind`.
+fn options_before(n: usize, kind: u8, inner: Vec<u8>) -> Vec<u8> {
+    let (mut inner, mut next) = (inner, kind);
     for _ in 0..n {
         inner = testutil::ext(next, 0, &inner);
         next = IPV6_OPTS;
@@ -368,14 +369,11 @@ fn ipv6_extension_header_bound() {
         MalformedReason::TooManyExtensionHeaders
     );
     // The fragment header counts too: a fragment header and 8 more is 9.
-    let mut inner = testutil::frag(UDP, 0, true, 1, &testutil::udp(1, 2, &[]));
-    let mut next = IPV6_FRAG;
-    for _ in 0..MAX_EXTENSION_HEADERS {
-        inner = testutil::ext(next, 0, &inner);
-        next = IPV6_OPTS;
-    }
-    let frame = eth6(&testutil::ipv6(0, next, &inner));
-    assert_eq!(malformed(&frame), MalformedReason::TooManyExtensionHeaders);
+    let fragment = testutil::frag(UDP, 0, true, 1, &testutil::udp(1, 2, &[]));
+    assert_eq!(
+        malformed(&options_before(MAX_EXTENSION_HEADERS, IPV6_FRAG, fragment)),
+        MalformedReason::TooManyExtensionHeaders
+    );
 }
 
 #[test]
