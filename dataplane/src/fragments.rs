@@ -13,26 +13,17 @@
 //! The first fragment's whole flow key is kept, so that when a reload comes between a
 //! datagram's fragments the rest can go as the flow goes under the new policies.
 
-use std::hash::BuildHasher;
-
-use hashbrown::DefaultHashBuilder;
-
+use crate::flow_cache::FlowHasher;
 use crate::wire::FlowKey;
 
 /// Slots per set; a set's slots are adjacent (88 bytes each: 704 KiB a worker).
 const WAYS: usize = 8;
 const SETS: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct DatagramKey {
-    src: [u8; 16],
-    dst: [u8; 16],
-    id: u32,
-    /// Outer VLAN: two tenants' networks on one trunk may reuse addresses and IDs.
-    vlan: u16,
-    protocol: u8,
-    flags: u8,
-}
+/// A datagram: (source, destination, IP ID, outer VLAN, protocol for IPv4, direction and
+/// IP version), laid out as a flow key with the ID in place of the ports, so that it is
+/// hashed as flows are ([`FlowHasher`]).
+type DatagramKey = FlowKey;
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -61,7 +52,7 @@ pub struct Datagram {
 
 pub struct FragmentTable {
     slots: Box<[Option<Slot>]>,
-    hasher: DefaultHashBuilder,
+    hasher: FlowHasher,
     /// Datagrams remembered so far.
     stamp: u64,
 }
@@ -70,7 +61,7 @@ impl Default for FragmentTable {
     fn default() -> Self {
         FragmentTable {
             slots: vec![None; SETS * WAYS].into_boxed_slice(),
-            hasher: DefaultHashBuilder::default(),
+            hasher: FlowHasher::new(),
             stamp: 0,
         }
     }
@@ -83,10 +74,11 @@ fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
     // protocol differs between its fragments when extension headers follow the fragment
     // header (the first fragment's key has the upper layer, the others the next header).
     let protocol = if key.is_ipv6() { 0 } else { key.protocol };
-    DatagramKey {
+    FlowKey {
         src: key.src,
         dst: key.dst,
-        id,
+        src_port: (id >> 16) as u16,
+        dst_port: id as u16,
         vlan: key.vlan,
         protocol,
         flags: key.flags & !FlowKey::PORTS_UNKNOWN,
@@ -96,7 +88,7 @@ fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
 impl FragmentTable {
     /// The set of slots datagram `k` may be in.
     fn set(&self, k: &DatagramKey) -> std::ops::Range<usize> {
-        let set = self.hasher.hash_one(k) as usize % SETS;
+        let set = self.hasher.hash(k) as usize % SETS;
         set * WAYS..(set + 1) * WAYS
     }
 
