@@ -23,7 +23,7 @@
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The largest request head (request line and headers) read.
@@ -106,6 +106,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Connections still open when it returns end on their own within their deadlines.
 /// `handler` gets every request the server could parse; it is typically `|req| match
 /// route(req) { Ok(r) => ..., Err(resp) => resp }`.
+///
+/// The connection threads are kept, not started per connection: starting and ending a
+/// thread maps and unmaps its stacks, which waits for the process's memory-map lock, and
+/// under heavy load an audit saw that wait stall the whole endpoint (the accept loop
+/// starting a thread, and the threads started before it) for seconds while the gateway
+/// forwarded on. So a thread is started only when every kept one is busy.
 pub fn serve(
     listener: TcpListener,
     stop: &AtomicBool,
@@ -119,28 +125,16 @@ pub fn serve(
         );
         return;
     }
-    let handler = Arc::new(handler);
-    let open = Arc::new(AtomicUsize::new(0));
+    let mut pool = Pool::new(handler);
     while !stop.load(Ordering::Relaxed) {
-        if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+        if pool.full() {
             // Further clients wait in the listen queue until a connection ends (each
             // within its deadlines).
             std::thread::sleep(POLL_INTERVAL);
             continue;
         }
         match listener.accept() {
-            Ok((stream, peer)) => {
-                let slot = ConnectionSlot::take(&open);
-                let handler = handler.clone();
-                // If no thread can be had, the closure (with the stream) is dropped:
-                // the connection closes.
-                let _ = std::thread::Builder::new()
-                    .name("qosgw-http-conn".into())
-                    .spawn(move || {
-                        let _slot = slot;
-                        handle(stream, peer, &*handler);
-                    });
-            }
+            Ok((stream, peer)) => pool.hand(stream, peer),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // WouldBlock, or a transient error such as running out of file
             // descriptors or a connection aborted before accept: wait.
@@ -149,19 +143,65 @@ pub fn serve(
     }
 }
 
-/// One of the [`MAX_CONNECTIONS`], given back when dropped (however its thread ends).
-struct ConnectionSlot(Arc<AtomicUsize>);
+/// A connection handed to the pool.
+type Connection = (TcpStream, SocketAddr);
 
-impl ConnectionSlot {
-    fn take(open: &Arc<AtomicUsize>) -> ConnectionSlot {
-        open.fetch_add(1, Ordering::Relaxed);
-        ConnectionSlot(open.clone())
-    }
+/// The connection threads: started as connections need them, up to [`MAX_CONNECTIONS`],
+/// and kept, each taking the next connection when done with one. They end when the pool
+/// is dropped (each once done with its connection).
+struct Pool<H> {
+    to_threads: mpsc::Sender<Connection>,
+    from_accept: Arc<Mutex<mpsc::Receiver<Connection>>>,
+    handler: Arc<H>,
+    /// Connections handed over and not yet done with.
+    busy: Arc<AtomicUsize>,
+    threads: usize,
 }
 
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+impl<H: Fn(&Request) -> Response + Send + Sync + 'static> Pool<H> {
+    fn new(handler: H) -> Pool<H> {
+        let (to_threads, from_accept) = mpsc::channel();
+        Pool {
+            to_threads,
+            from_accept: Arc::new(Mutex::new(from_accept)),
+            handler: Arc::new(handler),
+            busy: Arc::new(AtomicUsize::new(0)),
+            threads: 0,
+        }
+    }
+
+    /// Whether [`MAX_CONNECTIONS`] are being served.
+    fn full(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) >= MAX_CONNECTIONS
+    }
+
+    /// Hands a connection to a kept thread, starting one if every kept one is busy. With
+    /// no thread at all (none could be started), the connection closes.
+    fn hand(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let all_busy = self.busy.load(Ordering::Relaxed) >= self.threads;
+        if all_busy && !self.start_thread() && self.threads == 0 {
+            return;
+        }
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        // The threads end only when the pool goes, so one is there to take it.
+        let _ = self.to_threads.send((stream, peer));
+    }
+
+    fn start_thread(&mut self) -> bool {
+        let from_accept = self.from_accept.clone();
+        let (handler, busy) = (self.handler.clone(), self.busy.clone());
+        let started = std::thread::Builder::new()
+            .name("qosgw-http-conn".into())
+            .spawn(move || loop {
+                let next = from_accept.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((stream, peer)) = next else { return };
+                // A handler that panics costs its connection, not the thread.
+                let serve_one = std::panic::AssertUnwindSafe(|| handle(stream, peer, &*handler));
+                let _ = std::panic::catch_unwind(serve_one);
+                busy.fetch_sub(1, Ordering::Relaxed);
+            });
+        self.threads += usize::from(started.is_ok());
+        started.is_ok()
     }
 }
 
@@ -800,6 +840,36 @@ mod tests {
             );
             drop(held);
         });
+    }
+
+    /// Connections are served by kept threads, not a thread started for each: twenty
+    /// requests one after the other meet one thread (two or three if a request comes
+    /// before the last one's thread is free again), not twenty.
+    #[test]
+    fn connection_threads_are_kept() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = AtomicBool::new(false);
+        let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let record = seen.clone();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                serve(listener, &stop, move |_| {
+                    let mut ids = record.lock().unwrap();
+                    ids.insert(std::thread::current().id());
+                    Response::text(200, "ok\n")
+                })
+            });
+            for _ in 0..20 {
+                assert_eq!(status(&get(addr, "GET", "/healthz")), 200);
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+        let threads = seen.lock().unwrap().len();
+        assert!(
+            (1..=3).contains(&threads),
+            "{threads} threads for 20 requests"
+        );
     }
 
     #[test]
