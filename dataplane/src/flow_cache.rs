@@ -80,10 +80,12 @@ pub fn generation_tag(generation: u64) -> u32 {
 /// where hashing the key field by field through `Hasher` took a dozen calls' worth.
 ///
 /// The last fold mixes the result once more. Without it, keys that differ only in the
-/// fifth word (one client's connections to one server: the ports) got low bits in an
-/// arithmetic progression whose step, set by the seed, was often even: for one seed in
-/// ten, 500 consecutive ports fell into a tenth of 1 024 buckets, or fewer (the front
-/// cache's buckets and the fragment table's sets are picked by the low bits).
+/// fifth word's upper ports half (the replies to one client's connections; a datagram's IP
+/// ID in the fragment table) got low bits in an arithmetic progression whose step, set by
+/// the seed, could be a multiple of a large power of two: for about one seed in a hundred
+/// more than 12 of 500 consecutive destination ports shared one of 1 024 buckets, and up
+/// to 150 of 500 IP IDs one set (the front cache's buckets and the fragment table's sets
+/// are picked by the low bits).
 #[derive(Debug, Clone, Copy)]
 pub struct FlowHasher {
     seed: [u64; 3],
