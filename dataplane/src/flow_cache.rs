@@ -410,13 +410,16 @@ impl FlowCache {
         // merged index the hit path bounds-checked its slot twice.
         if in_front {
             self.counters.cache_hits.inc();
-            let index = candidate.0 as usize;
-            if tcp_flags & LIFE != 0 {
-                return self.tcp_life(index, tick, REFERENCED, tcp_flags);
-            }
-            return self.slots[index].seen(tick, REFERENCED);
+            return self.seen(candidate.0 as usize, tick, REFERENCED, tcp_flags);
         }
         let (index, referenced) = self.lookup_table(key, hash);
+        self.seen(index, tick, referenced, tcp_flags)
+    }
+
+    /// Notes a packet of the flow in slot `index` ([`Slot::seen`]), and what its TCP flags
+    /// say of the flow's life.
+    #[inline(always)]
+    fn seen(&mut self, index: usize, tick: u32, referenced: u8, tcp_flags: u8) -> &mut FlowEntry {
         if tcp_flags & LIFE != 0 {
             return self.tcp_life(index, tick, referenced, tcp_flags);
         }
@@ -439,10 +442,8 @@ impl FlowCache {
     ) -> &mut FlowEntry {
         if tcp_flags & RST != 0 {
             let reply = reversed(&self.slots[index].key);
-            let hash = self.hash(&reply);
-            let slots = &self.slots;
-            if let Some(&i) = self.table.find(hash, |&i| slots[i as usize].key == reply) {
-                self.slots[i as usize].state |= CLOSING;
+            if let Some(i) = self.slot_of(&reply, self.hash(&reply)) {
+                self.slots[i].state |= CLOSING;
             }
         }
         let slot = &mut self.slots[index];
@@ -454,21 +455,25 @@ impl FlowCache {
         slot.seen(tick, referenced)
     }
 
+    /// The slot holding `key` (whose hash is `hash`), if the hash table has it.
+    #[inline]
+    fn slot_of(&self, key: &FlowKey, hash: u64) -> Option<usize> {
+        let slots = &self.slots;
+        (self.table)
+            .find(hash, |&i| slots[i as usize].key == *key)
+            .map(|&i| i as usize)
+    }
+
     /// The hash table's answer for a key the front cache did not know (inserting it if
     /// new), and whether it counts as referenced; enters it in the front cache.
     #[inline(never)]
     fn lookup_table(&mut self, key: &FlowKey, hash: u64) -> (usize, u8) {
-        let slots = &self.slots;
-        let found = self
-            .table
-            .find(hash, |&i| slots[i as usize].key == *key)
-            .copied();
         // A new flow enters unreferenced: one-packet flows (scans, churn) are the first
         // the CLOCK hand takes, while flows that come back keep their place.
-        let (index, referenced) = match found {
+        let (index, referenced) = match self.slot_of(key, hash) {
             Some(i) => {
                 self.counters.cache_hits.inc();
-                (i as usize, REFERENCED)
+                (i, REFERENCED)
             }
             None => {
                 self.counters.cache_misses.inc();
@@ -629,11 +634,8 @@ mod tests {
 
     impl FlowCache {
         fn find(&self, key: &FlowKey) -> Option<FlowEntry> {
-            let hash = self.hasher.hash(key);
-            let slots = &self.slots;
-            self.table
-                .find(hash, |&i| slots[i as usize].key == *key)
-                .map(|&i| slots[i as usize].entry)
+            let i = self.slot_of(key, self.hash(key))?;
+            Some(self.slots[i].entry)
         }
     }
 
