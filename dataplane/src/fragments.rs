@@ -2,8 +2,8 @@
 //! (which carry no ports) follow their first fragment (SPEC §5).
 //!
 //! A small set-associative table per worker: (source, destination, protocol, IP ID, outer
-//! VLAN) hashes to a set of [`WAYS`] slots, and a new datagram takes a free slot of its set or
-//! the one remembered longest ago. Fragments of one datagram arrive within milliseconds of
+//! VLAN) hashes to a set of [`WAYS`] slots, and a new datagram takes a free slot of its set
+//! or the one remembered longest ago. Fragments of one datagram arrive within milliseconds of
 //! each other, so 8 192 slots hold every datagram of any realistic number in flight: a
 //! datagram is forgotten only once its set has seen eight newer ones. (The first version
 //! was direct-mapped, one slot per hash: two of 64 datagrams in flight collided in 9 of
@@ -69,10 +69,11 @@ impl Default for FragmentTable {
 
 fn datagram(key: &FlowKey, id: u32) -> DatagramKey {
     // Ports are not part of it: non-first fragments do not have them. The outer VLAN,
-    // direction and IP version (flags) are, PORTS_UNKNOWN is not. The protocol is for IPv4 only: an IPv6
-    // datagram is (source, destination, identification) (RFC 8200 §4.5), and the key's
-    // protocol differs between its fragments when extension headers follow the fragment
-    // header (the first fragment's key has the upper layer, the others the next header).
+    // direction and IP version (flags) are, PORTS_UNKNOWN is not. The protocol is for IPv4
+    // only: an IPv6 datagram is (source, destination, identification) (RFC 8200 §4.5), and
+    // the key's protocol differs between its fragments when extension headers follow the
+    // fragment header (the first fragment's key has the upper layer, the others the next
+    // header).
     let protocol = if key.is_ipv6() { 0 } else { key.protocol };
     FlowKey {
         src: key.src,

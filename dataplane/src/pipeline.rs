@@ -689,14 +689,13 @@ mod tests {
 
     /// A pipeline on `pubr`'s policies, as worker 0.
     fn pipeline(pubr: &Arc<Publisher>) -> Pipeline {
+        pipeline_with(pubr, PipelineConfig::defaults(HZ))
+    }
+
+    /// [`pipeline`] with `config`.
+    fn pipeline_with(pubr: &Arc<Publisher>, config: PipelineConfig) -> Pipeline {
         let counters = Arc::new(WorkerCounters::default());
-        Pipeline::new(
-            0,
-            PipelineConfig::defaults(HZ),
-            pubr.subscribe(),
-            counters,
-            HZ,
-        )
+        Pipeline::new(0, config, pubr.subscribe(), counters, HZ)
     }
 
     /// `n` microseconds in TSC cycles.
@@ -904,8 +903,7 @@ mod tests {
                 flow_capacity: 16,
                 ..PipelineConfig::defaults(HZ)
             };
-            let counters = Arc::new(WorkerCounters::default());
-            let mut p = Pipeline::new(0, config, pubr.subscribe(), counters, HZ);
+            let mut p = pipeline_with(&pubr, config);
             let now = 10 * HZ;
             for _ in 0..3 {
                 send(&mut p, 1, now);
