@@ -218,7 +218,7 @@ fn shaped(n: usize, shapers: usize, scope: ThrottleScope, park: Park) -> Shaped 
     let cfg = ShaperConfig::new(Rate::new(bps, TSC_HZ).unwrap(), 0, u64::MAX);
     let registry = ShaperRegistry::new();
     let mut sim = Sim {
-        shaper: registry.shaper_for("bench", scope, cfg),
+        shaper: registry.shaper_for("bench", scope, cfg).expect("one name"),
         shapers: WorkerShapers::with_capacity(n, n),
         wheel: TimingWheel::new(TimingWheel::<u64>::slot_shift_for(TSC_HZ, 2_000), 1 << 16),
         park,
@@ -329,7 +329,9 @@ fn accuracy(bps: u64, len: u32) -> f64 {
         u64::MAX,
     );
     let registry = ShaperRegistry::new();
-    let shaper: PolicyShaper = registry.shaper_for("acc", ThrottleScope::Policy, cfg);
+    let shaper: PolicyShaper = registry
+        .shaper_for("acc", ThrottleScope::Policy, cfg)
+        .expect("one name");
     let mut shapers = WorkerShapers::with_capacity(1, 1);
     let key = flows(1, 1)[0].key;
     let mut hint = ShaperHint::NONE;

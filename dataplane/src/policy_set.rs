@@ -242,6 +242,11 @@ pub struct ShaperSettings {
 /// Owned by the control side: publishes new sets and keeps the per-name registries.
 pub struct Publisher {
     current: Mutex<Arc<PolicySet>>,
+    /// Sets replaced by a publish that some worker may still hold: dropped here, by
+    /// [`Publisher::collect`] on the control side, once no worker does. Otherwise the last
+    /// worker to let go of a set would free it (its table, its actions) inside its poll
+    /// loop: milliseconds for tens of thousands of policies, enough to overflow an RX ring.
+    retired: Mutex<Vec<Arc<PolicySet>>>,
     generation: AtomicU64,
     stats: Mutex<StatsRegistry>,
     shapers: ShaperRegistry,
@@ -269,6 +274,7 @@ impl Publisher {
         };
         let p = Publisher {
             current: Mutex::new(Arc::new(empty)),
+            retired: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             stats: Mutex::new(StatsRegistry::default()),
             shapers: ShaperRegistry::new(),
@@ -297,8 +303,27 @@ impl Publisher {
             self.generation.store(generation, Ordering::Release);
             old
         };
-        drop(old);
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.push(old);
+        Publisher::drop_unheld(&mut retired);
         Ok(generation)
+    }
+
+    /// Drops the replaced sets no worker holds any more. The control side calls it now and
+    /// then (every publish does too); a worker's refresh then never frees a set.
+    pub fn collect(&self) {
+        Publisher::drop_unheld(&mut self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Replaced sets still held by some worker.
+    pub fn retired(&self) -> usize {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn drop_unheld(retired: &mut Vec<Arc<PolicySet>>) {
+        // Only `current` hands out clones, and a retired set is no longer there: a count of
+        // one stays one.
+        retired.retain(|set| Arc::strong_count(set) > 1);
     }
 
     /// The set in force now.
@@ -344,10 +369,18 @@ impl Publisher {
                     .map_err(|e| format!("policy \"{}\": throttle: {e}", p.name))
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let shapers = table
+            .policies()
+            .iter()
+            .zip(configs)
+            .map(|(p, config)| {
+                config
+                    .map(|(scope, cfg)| self.shapers.shaper_for(&p.name, scope, cfg).map(Box::new))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let mut actions = Vec::with_capacity(table.len());
-        for (p, config) in table.policies().iter().zip(configs) {
-            let shaper =
-                config.map(|(scope, cfg)| Box::new(self.shapers.shaper_for(&p.name, scope, cfg)));
+        for (p, shaper) in table.policies().iter().zip(shapers) {
             let stats = registry.in_force(&p.name, self.workers);
             actions.push(Actions {
                 dscp: p.dscp,
@@ -451,6 +484,38 @@ mod tests {
             "a's counters carried over"
         );
         assert_eq!(p.all_stats().len(), 2);
+    }
+
+    /// A worker that lets go of a replaced set never frees it: the publisher does, on the
+    /// control side, once no worker holds it.
+    #[test]
+    fn replaced_sets_are_freed_by_the_publisher_not_by_a_worker() {
+        let settings = ShaperSettings {
+            tsc_hz: 1_000_000_000,
+            max_delay_cycles: u64::MAX,
+        };
+        let p = Publisher::new(
+            table(r#"{"policies":[{"name":"a","dscp":10}]}"#),
+            2,
+            settings,
+        )
+        .unwrap();
+        let (mut w0, mut w1) = (p.subscribe(), p.subscribe());
+        let first = Arc::downgrade(&p.current());
+        p.publish(table(r#"{"policies":[{"name":"a","dscp":12}]}"#))
+            .unwrap();
+        w0.refresh();
+        p.collect();
+        assert!(first.upgrade().is_some(), "worker 1 still holds it");
+        w1.refresh();
+        assert!(
+            first.upgrade().is_some(),
+            "the last worker to let go did not free it"
+        );
+        assert_eq!(p.retired(), 1);
+        p.collect();
+        assert!(first.upgrade().is_none(), "freed by the publisher");
+        assert_eq!(p.retired(), 0);
     }
 
     /// A set that cannot be published changes nothing: no counters appear for its names.

@@ -89,6 +89,9 @@ struct RegistryInner {
     next_id: u32,
 }
 
+/// Ids are below 2^31: a flow's [`ShaperHint`] names a policy shaper by id with the top bit.
+const MAX_IDS: u32 = 1 << 31;
+
 /// Policy name → shaper identity and shared clock. Used by the control thread at load and
 /// reload time only (it locks); workers never touch it.
 #[derive(Default)]
@@ -103,18 +106,28 @@ impl ShaperRegistry {
 
     /// The shaper for policy `name`, throttled as `scope` with `cfg`. The first call for a
     /// name creates it; later calls (reloads) keep its id and clock and take the new
-    /// scope and config.
-    pub fn shaper_for(&self, name: &str, scope: ThrottleScope, cfg: ShaperConfig) -> PolicyShaper {
+    /// scope and config. Fails once 2^31 names have had a shaper in this run (ids are not
+    /// reused: a removed name's packets may still be parked): a reload then keeps the
+    /// policies in force, and only a restart takes new throttled names.
+    pub fn shaper_for(
+        &self,
+        name: &str,
+        scope: ThrottleScope,
+        cfg: ShaperConfig,
+    ) -> Result<PolicyShaper, String> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
         let named = match inner.by_name.get(name) {
             Some(named) => named,
             None => {
+                if inner.next_id >= MAX_IDS {
+                    return Err(format!(
+                        "{MAX_IDS} throttled policy names since qosgw started, the most it \
+                         can tell apart; restart it to take new ones"
+                    ));
+                }
                 let id = ShaperId(inner.next_id);
-                // Below 2^31: a flow's ShaperHint names a policy shaper by id with the top bit.
-                inner.next_id = Some(inner.next_id + 1)
-                    .filter(|&n| n < 1 << 31)
-                    .expect("fewer than 2^31 policy names in one run");
+                inner.next_id += 1;
                 inner.by_name.entry(name.to_owned()).or_insert(Named {
                     id,
                     clock: Arc::new(SharedClock::new()),
@@ -122,14 +135,14 @@ impl ShaperRegistry {
             }
         };
         let id = named.id;
-        match scope {
+        Ok(match scope {
             ThrottleScope::Policy => PolicyShaper::Policy {
                 id,
                 shaper: Arc::new(SharedShaper::with_clock(cfg, Arc::clone(&named.clock))),
             },
             ThrottleScope::Host => PolicyShaper::Host { id, cfg },
             ThrottleScope::Flow => PolicyShaper::Flow { id, cfg },
-        }
+        })
     }
 
     /// After a reload: forget the names not in `names` (their policies are gone). A name
@@ -168,18 +181,24 @@ pub struct WorkerShapers {
     hosts: ShaperTable<(ShaperId, [u8; 16])>,
     flows: ShaperTable<(ShaperId, u64)>,
     /// Per `policy` shaper used here: this worker's fraction-of-a-cycle carry, and the
-    /// shared clock (which outlives the policy, for [`WorkerShapers::parked`]).
+    /// shared clock (which outlives the policy, for [`WorkerShapers::parked`]). Those idle
+    /// are dropped by [`WorkerShapers::retire_idle`] once there are `carries_sweep_at`.
     carries: HashMap<ShaperId, (u32, Arc<SharedClock>)>,
+    carries_sweep_at: usize,
 }
 
 impl WorkerShapers {
+    /// `policy` shapers' carries kept before idle ones are dropped.
+    const CARRIES: usize = 64;
+
     /// Room for `hosts` host and `flows` flow instances before anything allocates (say,
     /// the flow cache's capacity for both).
     pub fn with_capacity(hosts: usize, flows: usize) -> WorkerShapers {
         WorkerShapers {
             hosts: ShaperTable::with_capacity(hosts),
             flows: ShaperTable::with_capacity(flows),
-            carries: HashMap::with_capacity(64),
+            carries: HashMap::with_capacity(WorkerShapers::CARRIES),
+            carries_sweep_at: WorkerShapers::CARRIES,
         }
     }
 
@@ -253,8 +272,24 @@ impl WorkerShapers {
     /// Retire `host` and `flow` instances whose bucket was full at `idle_since`, looking at
     /// up to `budget` slots of each table (see [`ShaperTable::retire_idle`]). Call it a
     /// little every loop iteration, e.g. with `now − tsc_hz`. Returns how many were retired.
+    ///
+    /// Past [`Self::CARRIES`] (then twice as many as stayed), the carries of `policy`
+    /// shapers that handed out no departure after `idle_since` go too: they park nothing,
+    /// and a policy generator that renames its throttled policies at every reload would
+    /// otherwise grow them for ever. One used again starts a new carry (a fraction of a
+    /// cycle).
     pub fn retire_idle(&mut self, idle_since: u64, budget: usize) -> usize {
+        if self.carries.len() > self.carries_sweep_at {
+            self.carries
+                .retain(|_, (_, clock)| clock.t_next() >= idle_since);
+            self.carries_sweep_at = (2 * self.carries.len()).max(WorkerShapers::CARRIES);
+        }
         self.hosts.retire_idle(idle_since, budget) + self.flows.retire_idle(idle_since, budget)
+    }
+
+    /// `policy` shapers with a carry here.
+    pub fn carries(&self) -> usize {
+        self.carries.len()
     }
 
     /// Live `host` instances.
@@ -289,9 +324,15 @@ mod tests {
     #[test]
     fn scopes_pick_their_instances() {
         let reg = ShaperRegistry::new();
-        let pol = reg.shaper_for("agg", ThrottleScope::Policy, cfg(8_000_000));
-        let host = reg.shaper_for("per-host", ThrottleScope::Host, cfg(8_000_000));
-        let flow = reg.shaper_for("per-flow", ThrottleScope::Flow, cfg(8_000_000));
+        let pol = reg
+            .shaper_for("agg", ThrottleScope::Policy, cfg(8_000_000))
+            .unwrap();
+        let host = reg
+            .shaper_for("per-host", ThrottleScope::Host, cfg(8_000_000))
+            .unwrap();
+        let flow = reg
+            .shaper_for("per-flow", ThrottleScope::Flow, cfg(8_000_000))
+            .unwrap();
         assert_ne!(pol.id(), host.id());
         assert_eq!(host.scope(), ThrottleScope::Host);
         let mut w = WorkerShapers::with_capacity(16, 16);
@@ -350,16 +391,26 @@ mod tests {
         let k = key(9, 9);
 
         // Generation 1: "bulk" (policy scope) and "hosts" (host scope) build a backlog.
-        let bulk = reg.shaper_for("bulk", ThrottleScope::Policy, cfg(8_000_000));
-        let hosts = reg.shaper_for("hosts", ThrottleScope::Host, cfg(8_000_000));
+        let bulk = reg
+            .shaper_for("bulk", ThrottleScope::Policy, cfg(8_000_000))
+            .unwrap();
+        let hosts = reg
+            .shaper_for("hosts", ThrottleScope::Host, cfg(8_000_000))
+            .unwrap();
         w.schedule(&bulk, &k, &mut hint, now, 101_000); // 100 ms past the burst
         let mut hh = ShaperHint::NONE;
         w.schedule(&hosts, &k, &mut hh, now, 101_000);
 
         // Generation 2: both names survive, "bulk" at a new rate; "gone" appears and goes.
-        let bulk2 = reg.shaper_for("bulk", ThrottleScope::Policy, cfg(16_000_000));
-        let hosts2 = reg.shaper_for("hosts", ThrottleScope::Host, cfg(8_000_000));
-        let gone = reg.shaper_for("gone", ThrottleScope::Flow, cfg(8_000_000));
+        let bulk2 = reg
+            .shaper_for("bulk", ThrottleScope::Policy, cfg(16_000_000))
+            .unwrap();
+        let hosts2 = reg
+            .shaper_for("hosts", ThrottleScope::Host, cfg(8_000_000))
+            .unwrap();
+        let gone = reg
+            .shaper_for("gone", ThrottleScope::Flow, cfg(8_000_000))
+            .unwrap();
         assert_eq!(bulk2.id(), bulk.id());
         assert_eq!(hosts2.id(), hosts.id());
         // The backlog is still there: the next packet waits behind it.
@@ -374,7 +425,55 @@ mod tests {
         reg.retain(["bulk", "hosts"]);
         assert_eq!(reg.len(), 2);
         // A name that comes back gets a new identity, never a stale one's state.
-        let back = reg.shaper_for("gone", ThrottleScope::Flow, cfg(8_000_000));
+        let back = reg
+            .shaper_for("gone", ThrottleScope::Flow, cfg(8_000_000))
+            .unwrap();
         assert_ne!(back.id(), gone.id());
+    }
+
+    /// Policy shapers used once and then idle (a generator renaming its throttled
+    /// policies at each reload) do not grow a worker's carries for ever.
+    #[test]
+    fn idle_policy_carries_are_dropped() {
+        let reg = ShaperRegistry::new();
+        let mut w = WorkerShapers::with_capacity(4, 4);
+        let t0 = 1 << 40;
+        let busy = reg
+            .shaper_for("busy", ThrottleScope::Policy, cfg(8_000_000))
+            .unwrap();
+        let mut most = 0;
+        // A new name every 100 ms for 1 000 s, beside one policy busy all along.
+        for i in 0..10_000u64 {
+            let now = t0 + i * HZ / 10;
+            let renamed = reg
+                .shaper_for(&format!("p{i}"), ThrottleScope::Policy, cfg(8_000_000))
+                .unwrap();
+            let (mut h1, mut h2) = (ShaperHint::NONE, ShaperHint::NONE);
+            w.schedule(&renamed, &key(1, 1), &mut h1, now, 100);
+            w.schedule(&busy, &key(1, 1), &mut h2, now, 100);
+            w.retire_idle(now - HZ, 16);
+            most = most.max(w.carries());
+        }
+        assert!(most <= WorkerShapers::CARRIES + 1, "{most} carries");
+        assert!(
+            (w.parked(ShaperHint::policy(busy.id()), &key(1, 1))).is_some(),
+            "the busy one's is kept"
+        );
+    }
+
+    #[test]
+    fn names_beyond_the_ids_are_an_error_not_a_panic() {
+        let reg = ShaperRegistry::new();
+        reg.inner.lock().unwrap().next_id = MAX_IDS - 1;
+        let last = reg.shaper_for("last", ThrottleScope::Flow, cfg(8_000_000));
+        assert_eq!(last.map(|s| s.id().get()), Ok(MAX_IDS - 1));
+        let err = reg
+            .shaper_for("one-more", ThrottleScope::Flow, cfg(8_000_000))
+            .unwrap_err();
+        assert!(err.contains("restart"), "{err}");
+        // Names it has keep their shapers.
+        assert!(reg
+            .shaper_for("last", ThrottleScope::Host, cfg(8_000_000))
+            .is_ok());
     }
 }
