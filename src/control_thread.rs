@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use control::coalesce::Coalesce;
 use control::http::{self, Request, Response, Route};
 use control::metrics::{self, MetricsSnapshot, PolicyMetrics, PortMetrics, WorkerMetrics};
 use control::process::ProcessMetrics;
@@ -47,8 +48,12 @@ struct Controller {
     ctx: ControlContext,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
-    /// One reload at a time, whoever triggers it.
-    reloading: Mutex<()>,
+    /// One reload at a time, whoever triggers it; those asked for while one runs share
+    /// the next.
+    reloads: Coalesce<Result<u64, String>>,
+    /// The policy file's watch: the tick polls it, and every reload marks the file it
+    /// reads as seen, so that a change a signal or a request reloaded is not loaded again.
+    watch: Mutex<FileWatch>,
     /// Polls and busy polls per worker at the previous scrape, for the busy ratio.
     last_polls: Mutex<Vec<(u64, u64)>>,
     /// Whether each worker still polls (`/healthz`, the watchdog).
@@ -85,10 +90,11 @@ pub fn run(ctx: ControlContext) {
         last_polls: Mutex::new(vec![(0, 0); ctx.workers.len()]),
         liveness: Mutex::new(Liveness::new(ctx.workers.len(), Instant::now())),
         links: [AtomicU8::new(LINK_UNKNOWN), AtomicU8::new(LINK_UNKNOWN)],
+        watch: Mutex::new(ctx.watch.clone()),
         ctx,
         reloads_ok: AtomicU64::new(0),
         reloads_error: AtomicU64::new(0),
-        reloading: Mutex::new(()),
+        reloads: Coalesce::new(),
     });
     // The links from the first scrape on, not a tick later.
     let mut links = LinkWatch::default();
@@ -109,7 +115,6 @@ pub fn run(ctx: ControlContext) {
             .spawn(move || notify_systemd(&c));
         spawned.ok()
     });
-    let mut watch = c.ctx.watch.clone();
     let mut stuck_before = None;
     while !c.ctx.stop.load(Ordering::SeqCst) {
         std::thread::sleep(TICK);
@@ -121,17 +126,20 @@ pub fn run(ctx: ControlContext) {
         if signals::take_hangup() {
             let _ = c.reload("SIGHUP");
         }
-        match watch.poll() {
+        let seen = c.watch.lock().unwrap_or_else(|p| p.into_inner()).poll();
+        match seen {
             Seen::Changed => {
                 let _ = c.reload("policy file changed");
             }
             Seen::Gone => errln!(
                 "qosgw: policy file {} is gone; the policies in force stay (generation {})",
-                watch.path().display(),
+                c.ctx.policies_path.display(),
                 c.ctx.publisher.generation()
             ),
-            Seen::Same => {}
+            Seen::Same | Seen::Changing => {}
         }
+        // Sets the workers have all let go of are freed here, not in a worker's loop.
+        c.ctx.publisher.collect();
         links.poll(&c.ctx.ports, &c.links);
         let stuck = c.stuck_worker();
         match (stuck, stuck_before) {
@@ -210,10 +218,19 @@ fn link_news(last: Option<Link>, now: Link) -> bool {
 
 impl Controller {
     /// Loads, validates and compiles the policy file, then publishes it; on any error the
-    /// running set stays in force. Returns the new generation.
+    /// running set stays in force. Returns the new generation. One reload runs at a time;
+    /// asked for while one runs, it waits for that one and shares the next with whoever
+    /// else asked meanwhile.
     fn reload(&self, why: &str) -> Result<u64, String> {
-        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        self.reloads.run(|| self.reload_now(why))
+    }
+
+    fn reload_now(&self, why: &str) -> Result<u64, String> {
         let path = &self.ctx.policies_path;
+        self.watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mark_seen();
         // The file's errors are logged one a line as they are found; the summary line then
         // only says what became of the reload. The caller gets the first error either way.
         let result = match control::load_policy_file(path) {

@@ -638,16 +638,16 @@ fn padded(policies: Value) -> String {
     s
 }
 
-/// Rewrites `path` in place with `text` of the same length and puts the modification time
-/// back, so the policy file watcher sees no change: what follows is the other trigger's
-/// doing alone.
-fn overwrite_unnoticed(path: &Path, text: &str) {
+/// Rewrites `path` in place with `text` of the same length. The watcher loads a change
+/// once the file has stayed the same for a poll (200 ms or more), so a reload asked for
+/// right after this (SIGHUP, POST) takes the change first, and the watcher then leaves
+/// it: what follows is the other trigger's doing alone.
+fn overwrite_in_place(path: &Path, text: &str) {
     use std::io::Write;
     let meta = std::fs::metadata(path).unwrap();
     assert_eq!(meta.len(), text.len() as u64, "same length");
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all(text.as_bytes()).unwrap();
-    f.set_modified(meta.modified().unwrap()).unwrap();
 }
 
 /// Replaces `path` atomically (a new file renamed over it): one change for the watcher.
@@ -776,7 +776,7 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
 
     // A bad file, by POST: 400, the old generation and policies stay, an error is counted.
     let bad = padded(json!([{ "name": "alpha", "protocol": "udp", "dscp": 99 }]));
-    overwrite_unnoticed(&policies, &bad);
+    overwrite_in_place(&policies, &bad);
     let (status, body) = gw.post_reload();
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["generation"], g0, "{body}");
@@ -802,14 +802,9 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
     assert_eq!(reloads(&gw), (0, 3));
     assert_eq!(generation(&gw), (g0, vec!["alpha".to_owned()]));
 
-    // A good file by SIGHUP alone (the watcher sees no change: shown first).
-    overwrite_unnoticed(&policies, &padded(one_policy("beta", 2000, 20)));
-    std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(
-        generation(&gw).0,
-        g0,
-        "the watcher noticed an unnoticeable write"
-    );
+    // A good file by SIGHUP, sent right after the write: the SIGHUP's reload takes the
+    // change, and the watcher does not load it again (it did, a poll later, before).
+    overwrite_in_place(&policies, &padded(one_policy("beta", 2000, 20)));
     gw.proc.signal("HUP");
     let bumped = poll_until(Duration::from_secs(2), || {
         (polled_generation(&gw) == g0 + 1).then_some(())
@@ -820,8 +815,15 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
         g0 + 1,
         gw.proc.output()
     );
+    std::thread::sleep(Duration::from_millis(700));
     assert_eq!(generation(&gw), (g0 + 1, vec!["beta".to_owned()]));
-    assert_eq!(reloads(&gw), (1, 3));
+    assert_eq!(reloads(&gw), (1, 3), "one change, one reload");
+    let by_sighup = format!("(SIGHUP): 1 policies, generation {}", g0 + 1);
+    assert!(
+        gw.proc.output().contains(&by_sighup),
+        "{}",
+        gw.proc.output()
+    );
 
     // A good file by a change of the file: noticed within 2 s.
     let t0 = Instant::now();
@@ -856,12 +858,13 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
     });
     assert!(zeta.is_some(), "zeta not published by the watcher");
     assert_eq!(generation(&gw), (g0 + 3, vec!["zeta".to_owned()]));
-    overwrite_unnoticed(&policies, &good);
+    overwrite_in_place(&policies, &good);
     let (status, body) = gw.post_reload();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["generation"], g0 + 4, "{body}");
+    std::thread::sleep(Duration::from_millis(700));
     assert_eq!(generation(&gw), (g0 + 4, vec!["epsilon".to_owned()]));
-    assert_eq!(reloads(&gw), (4, 3));
+    assert_eq!(reloads(&gw), (4, 3), "one change, one reload");
 
     // SIGINT stops it like SIGTERM.
     let (st, _, _) = gw.terminate("INT", Duration::from_secs(5));
@@ -1248,7 +1251,7 @@ fn reloads_that_move_throttled_flows_off_their_shaper_keep_their_order() {
     );
     std::thread::sleep(Duration::from_millis(600));
     for k in 0..8 {
-        overwrite_unnoticed(&policies, &set(k % 2 == 1));
+        overwrite_in_place(&policies, &set(k % 2 == 1));
         let (status, body) = gw.post_reload();
         assert_eq!(status, 200, "reload {k}: {body}");
         std::thread::sleep(Duration::from_millis(400));
@@ -1406,9 +1409,9 @@ fn reload_under_load(source: Source) {
     let start_ns = now_ns();
     std::thread::sleep(Duration::from_millis(500));
 
-    // 100 reloads, alternating B, A, B, ...; each written in place unseen by the watcher
-    // (almost always: a watcher poll that lands between the write and the restored time
-    // adds a reload of the same content, which changes nothing below). Around each POST the
+    // 100 reloads, alternating B, A, B, ...; each written in place and reloaded by POST
+    // before the watcher would (should the test be held up for a poll between the two, the
+    // watcher reloads the same content first, which changes nothing below). Around each POST the
     // test reads qosgw's port counters: the frames sent before the file was written
     // (outside tx) were classified under the old set; the frames received after the POST's
     // answer (inside rx), past the one burst that may have started before it, under the
@@ -1421,7 +1424,7 @@ fn reload_under_load(source: Source) {
     for k in 0..RELOADS {
         let dscp = if k % 2 == 0 { DSCP_B } else { DSCP_A };
         let tx_before = counter("qosgw_port_tx_packets_total", "outside");
-        overwrite_unnoticed(&policies, &set(dscp));
+        overwrite_in_place(&policies, &set(dscp));
         let (status, body) = gw.post_reload();
         let rx_after = counter("qosgw_port_rx_packets_total", "inside");
         assert_eq!(status, 200, "reload {k}: {body}");

@@ -12,7 +12,8 @@
 //! [`MAX_BODY`] bytes and must arrive within the same deadline; the
 //! answer must be read within [`WRITE_TIME`]; after it, what the client
 //! still sends is drained for at most [`DRAIN_TIME`]. At most
-//! [`MAX_HANDLERS`] requests are handled (rendered) at once.
+//! [`MAX_HANDLERS`] answers of `/metrics` and `/policies` are rendered at once;
+//! `/healthz` and reloads do not wait for them.
 //!
 //! `HEAD` is answered like `GET` without the body. A `405` carries an
 //! `Allow` header. Answers the server gives by itself: `400` for a request
@@ -235,7 +236,10 @@ fn handle(mut stream: TcpStream, peer: SocketAddr, handler: &dyn Fn(&Request) ->
                 peer,
             };
             let resp = {
-                let _turn = HANDLERS.enter();
+                // Only renderings wait for a turn: `/healthz` answers whatever is being
+                // rendered, and reloads run one at a time by themselves.
+                let renders = matches!(route(&req), Ok(Route::Metrics | Route::Policies));
+                let _turn = renders.then(|| HANDLERS.enter());
                 handler(&req)
             };
             let allow = if resp.status == 405 {
@@ -428,8 +432,8 @@ fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::
     Ok(())
 }
 
-/// At most this many handlers run at once, whatever the connections: rendering `/metrics`
-/// for many policies takes a while, and the control CPUs may be few.
+/// At most this many renderings of `/metrics` or `/policies` run at once, whatever the
+/// connections: for many policies they take a while, and the control CPUs may be few.
 pub const MAX_HANDLERS: usize = 4;
 static HANDLERS: Turns = Turns::new(MAX_HANDLERS);
 
@@ -870,6 +874,64 @@ mod tests {
             (1..=3).contains(&threads),
             "{threads} threads for 20 requests"
         );
+    }
+
+    /// `/healthz` and reloads do not wait for a turn to render: with every turn taken by
+    /// slow `/metrics` answers, both are answered. (Found by a review: reloads of a large
+    /// policy file held the turns, and `/healthz` took over 2 s.)
+    #[test]
+    fn health_and_reloads_do_not_wait_behind_renderings() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = AtomicBool::new(false);
+        let rendering = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(AtomicBool::new(false));
+        let (entered, opened) = (rendering.clone(), gate.clone());
+        // Everything is asserted after the server has stopped.
+        let (turns_taken, answers, scrapes) = std::thread::scope(|s| {
+            s.spawn(|| {
+                serve(listener, &stop, move |req| match route(req) {
+                    Ok(Route::Metrics) => {
+                        entered.fetch_add(1, Ordering::SeqCst);
+                        while !opened.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Response::prometheus("qosgw_x 1\n")
+                    }
+                    Ok(_) => Response::text(200, "ok\n"),
+                    Err(resp) => resp,
+                })
+            });
+            let scrapes: Vec<_> = (0..MAX_HANDLERS + 2)
+                .map(|_| s.spawn(move || status(&get(addr, "GET", "/metrics"))))
+                .collect();
+            let t = Instant::now();
+            while rendering.load(Ordering::SeqCst) < MAX_HANDLERS
+                && t.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let turns_taken = rendering.load(Ordering::SeqCst);
+            let (tx, rx) = mpsc::channel();
+            for (method, path) in [("GET", "/healthz"), ("POST", "/-/reload")] {
+                let tx = tx.clone();
+                s.spawn(move || tx.send(status(&get(addr, method, path))));
+            }
+            let answers: Vec<_> = (0..2)
+                .map(|_| rx.recv_timeout(Duration::from_secs(3)).ok())
+                .collect();
+            gate.store(true, Ordering::SeqCst);
+            let scrapes: Vec<u16> = scrapes.into_iter().map(|t| t.join().unwrap()).collect();
+            stop.store(true, Ordering::SeqCst);
+            (turns_taken, answers, scrapes)
+        });
+        assert_eq!(turns_taken, MAX_HANDLERS);
+        assert_eq!(
+            answers,
+            [Some(200), Some(200)],
+            "answered while every turn was taken"
+        );
+        assert_eq!(scrapes, [200; MAX_HANDLERS + 2]);
     }
 
     #[test]

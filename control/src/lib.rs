@@ -48,6 +48,7 @@
 //! warnings) are listed in `docs/DECISIONS.md`.
 
 pub mod check;
+pub mod coalesce;
 pub mod config;
 pub mod diag;
 pub mod explain;
@@ -106,7 +107,7 @@ pub const MAX_FILE_LEN: u64 = 64 << 20;
 /// A regular file's bytes, at most `limit` of them. Anything else is an error rather than
 /// a wait: a FIFO would block the reading thread (the control thread, and with it every
 /// reload and the shutdown) until someone writes to it, and `/dev/zero` would fill memory.
-fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
     use std::os::unix::fs::OpenOptionsExt;
     /// Linux's `O_NONBLOCK`: opening a FIFO does not wait for a writer (the type is
