@@ -309,7 +309,7 @@ fn ipv6_ah_is_walked() {
     ));
     let info = self::info(&rest);
     assert_eq!(info.key.protocol, AH);
-    assert!(info.key.ports_unknown());
+    assert!(!info.key.ports_unknown(), "AH has no ports to miss");
     assert_eq!(info.fragment, Fragment::NonFirst { id: 5 });
 
     // AH with nothing after it, or whose length runs past the payload.
@@ -465,6 +465,17 @@ fn ipv4_fragments() {
             assert_eq!(info.l4_offset, None);
         }
     }
+    // A protocol without ports: a non-first fragment has the key of the whole packets
+    // (one flow; found by an audit: ESP and GRE fragments counted as flows of their own).
+    let whole = info(&eth4(
+        &V4::new(ESP).build(&[0, 0, 1, 0, 0, 0, 0, 1, 0xaa, 0xbb]),
+    ));
+    let mut next = V4::new(ESP);
+    next.frag = (false, 2);
+    let fragment = info(&eth4(&next.build(&[0xff; 16])));
+    assert!(matches!(fragment.fragment, Fragment::NonFirst { .. }));
+    assert_eq!(fragment.key, whole.key);
+    assert!(!fragment.key.ports_unknown());
     // DF alone is not a fragment.
     let mut df = V4::new(UDP);
     df.frag = (false, 0);
@@ -669,6 +680,7 @@ fn check_any(frame: &[u8], rng: &mut XorShift) -> Parsed {
         assert_eq!(
             info.key.ports_unknown(),
             matches!(info.fragment, Fragment::NonFirst { .. })
+                && control::policy::has_ports(info.key.protocol)
         );
         let mut marked = frame.to_vec();
         let dscp = rng.next() as u8 & 0x3f;
