@@ -37,7 +37,7 @@ pub struct ReplayArgs {
           value_parser = clap::value_parser!(u64).range(1..=control::config::MAX_MAX_DELAY_MS))]
     max_delay_ms: Option<u64>,
     /// Flows each worker's flow cache holds before it evicts (default 1048576).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::at_least_one)]
     flow_capacity: Option<usize>,
     /// Packet buffers (default: enough to hold the whole input at once, within a memory
     /// budget). A worker whose shapers hold its share stops reading.
@@ -65,12 +65,13 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     if let Some(n) = args.mbufs {
         pool.set_mbufs(n);
     }
+    warn_unparsed(&args.input, &input, pool.frame_room());
     drop(input);
 
     let eal = Eal::init(&eal_args(args.workers, &files, &pool)?).map_err(|e| e.to_string())?;
     let mut pipeline = PipelineConfig::defaults(eal.tsc_hz());
     if let Some(n) = args.flow_capacity {
-        pipeline.flow_capacity = n.max(1);
+        pipeline.flow_capacity = n;
     }
     let cfg = GatewayConfig {
         ports: ["net_pcap0".into(), "net_pcap1".into()],
@@ -127,8 +128,8 @@ pub fn run(args: &ReplayArgs) -> Result<(), String> {
     }
 }
 
-/// net_pcap's queues per port: replay's workers at most.
-const MAX_WORKERS: usize = 16;
+/// net_pcap's queues per port: replay's and bench's workers at most.
+pub const MAX_WORKERS: usize = 16;
 
 /// The most of a frame net_pcap writes to a capture (its snap length).
 const NET_PCAP_SNAPLEN: usize = 16_128;
@@ -268,9 +269,31 @@ impl ReplayPool {
         self.memory_mb = 256 + ((mbufs as usize * self.element()) >> 20);
     }
 
+    /// The longest frame one buffer holds (past its 128 bytes of headroom).
+    fn frame_room(&self) -> usize {
+        usize::from(self.data_room) - 128
+    }
+
     /// Bytes a buffer takes: its data room, its 128-byte header and the mempool's own.
     fn element(&self) -> usize {
         usize::from(self.data_room) + 256
+    }
+}
+
+/// Warns of frames longer than one buffer's `room` (and no longer than net_pcap's snap
+/// length, which [`check_input`] warns of): they arrive in two buffers, which the
+/// dataplane does not parse.
+fn warn_unparsed(path: &Path, input: &Capture, room: usize) {
+    let long = (input.records.iter())
+        .filter(|r| (room + 1..=NET_PCAP_SNAPLEN).contains(&r.data.len()))
+        .count();
+    if long > 0 {
+        crate::out::warn(&format!(
+            "{}: {long} frames are longer than {room} bytes (a {MAX_FRAME_LEN}-byte jumbo frame \
+             with two VLAN tags, the most qosgw parses); they pass unchanged, counted as \
+             malformed (oversized)",
+            path.display()
+        ));
     }
 }
 
@@ -290,9 +313,9 @@ fn memory_budget() -> usize {
     .unwrap_or(512 << 20)
 }
 
-/// The capture files each worker reads and writes, in a scratch directory: with one worker
-/// it reads the user's input; with several, the input is split by inside host (every flow
-/// on one worker, as `run`'s steering does). The user's output is written from the
+/// The capture files each worker reads and writes, in a scratch directory: the input,
+/// written again as classic pcap and, with several workers, split by inside host (every
+/// flow on one worker, as `run`'s steering does). The user's output is written from the
 /// workers' outputs at the end, checked and merged by transmit time, so that it is only
 /// touched once the replay succeeded (net_pcap does not report its write errors).
 struct WorkerFiles {
@@ -313,11 +336,9 @@ impl WorkerFiles {
             frames: vec![],
             scratch: dir.clone(),
         };
-        if args.workers == 1 {
-            files.inputs.push(args.input.clone());
-            files.frames.push(input.records.len() as u64);
-            return Ok(files);
-        }
+        // Even for one worker the input is written again, as DPDK's reader (libpcap) takes
+        // it as qosgw read it: libpcap cuts a record to the snap length its file declares
+        // (tshark does not), and reads no pcapng whose sections differ in byte order.
         let mut split: Vec<Vec<&Record>> = vec![Vec::new(); args.workers];
         for r in &input.records {
             split[worker_for(&r.data, false, args.workers)].push(r);

@@ -104,11 +104,12 @@ pub fn load_policy_file(path: &Path) -> LoadResult {
 /// The longest policy or configuration file read (50 000 policies take about 7 MB).
 pub const MAX_FILE_LEN: u64 = 64 << 20;
 
-/// A regular file's bytes, at most `limit` of them. Anything else is an error rather than
-/// a wait: a FIFO would block the reading thread (the control thread, and with it every
-/// reload and the shutdown) until someone writes to it, and `/dev/zero` would fill memory.
-pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind, Read};
+/// Opens a regular file for reading, and its metadata. Anything else is an error rather
+/// than a wait: a FIFO would block the reading thread until someone writes to it (the
+/// control thread, and with it every reload and the shutdown; or a replay, deaf to
+/// signals while it reads its input), and `/dev/zero` would fill memory.
+pub fn open_regular_file(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::io::{Error, ErrorKind};
     use std::os::unix::fs::OpenOptionsExt;
     /// Linux's `O_NONBLOCK`: opening a FIFO does not wait for a writer (the type is
     /// checked on the open file, so a FIFO renamed into place in between is seen too).
@@ -126,6 +127,13 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> 
         };
         return Err(Error::new(ErrorKind::InvalidInput, format!("it is {kind}")));
     }
+    Ok((file, meta))
+}
+
+/// A regular file's bytes, at most `limit` of them ([`open_regular_file`]).
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let (file, meta) = open_regular_file(path)?;
     let too_long = || {
         Error::new(
             ErrorKind::InvalidData,

@@ -122,8 +122,10 @@ pub fn read_file(path: &Path) -> Result<Capture, PcapError> {
 /// Reads a capture file up to where it is cut short, if it is (as tcpdump reads a capture
 /// whose writer was interrupted): its whole records, and the index of the cut one.
 pub fn read_file_to_cut(path: &Path) -> Result<(Capture, Option<usize>), PcapError> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
+    // A regular file only: a FIFO would block, a device (/dev/zero) never end.
+    let (mut file, meta) = control::open_regular_file(path)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes)?;
     parse_to_cut(&bytes)
 }
 
@@ -192,14 +194,20 @@ pub fn parse_to_cut(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError>
     Ok((cap, cut))
 }
 
+/// A pcapng section's byte order, from the byte-order magic of its header block at `at`.
+fn section_order(bytes: &[u8], at: usize) -> Option<Endian> {
+    let bom = bytes.get(at + 8..at + 12)?;
+    match u32::from_le_bytes(bom.try_into().expect("4 bytes")) {
+        PCAPNG_BYTE_ORDER => Some(Endian(true)),
+        x if x.swap_bytes() == PCAPNG_BYTE_ORDER => Some(Endian(false)),
+        _ => None,
+    }
+}
+
 /// pcapng: the link type of its interfaces (all the same), and every packet block's data.
+/// Each section has its own byte order (a file may join captures from two machines).
 fn parse_pcapng(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError> {
-    let bom = bytes.get(8..12).ok_or(PcapError::NotPcap)?;
-    let rd = match u32::from_le_bytes(bom.try_into().expect("4 bytes")) {
-        PCAPNG_BYTE_ORDER => Endian(true),
-        x if x.swap_bytes() == PCAPNG_BYTE_ORDER => Endian(false),
-        _ => return Err(PcapError::NotPcap),
-    };
+    let mut rd = section_order(bytes, 0).ok_or(PcapError::NotPcap)?;
     let mut link_type = None;
     let mut records = Vec::new();
     let mut at = 0;
@@ -210,6 +218,22 @@ fn parse_pcapng(bytes: &[u8]) -> Result<(Capture, Option<usize>), PcapError> {
             cut = Some(record);
             break;
         };
+        // A section header's type reads the same in either byte order; its own order
+        // holds from its length on.
+        if rd.u32(&hdr[0..4]) == PCAPNG_SHB {
+            match section_order(bytes, at) {
+                Some(order) => rd = order,
+                None if bytes.len() < at + 12 => {
+                    cut = Some(record);
+                    break;
+                }
+                None => {
+                    return Err(PcapError::Corrupt(format!(
+                        "section header without a byte-order magic at byte {at}"
+                    )))
+                }
+            }
+        }
         let (kind, len) = (rd.u32(&hdr[0..4]), rd.u32(&hdr[4..8]) as usize);
         if len < 12 || len % 4 != 0 {
             return Err(PcapError::Corrupt(format!(
@@ -406,6 +430,37 @@ mod tests {
             le(&mut b, v);
         }
         assert!(matches!(parse(&b), Err(PcapError::MixedLinkTypes(113, 1))));
+    }
+
+    /// A file joining two sections of different byte order (tshark reads it; libpcap does
+    /// not, so replay writes DPDK its own copy). Found by an audit: "corrupt capture".
+    #[test]
+    fn reads_pcapng_sections_of_either_byte_order() {
+        let mut b = Vec::new();
+        let section = |b: &mut Vec<u8>, big: bool, data: u32| {
+            let put = |b: &mut Vec<u8>, v: u32| {
+                b.extend_from_slice(&if big {
+                    v.to_be_bytes()
+                } else {
+                    v.to_le_bytes()
+                })
+            };
+            for v in [PCAPNG_SHB, 28, PCAPNG_BYTE_ORDER, 1, u32::MAX, u32::MAX, 28] {
+                put(b, v);
+            }
+            // Link type (16 bits) and 16 reserved bits.
+            for v in [1, 20, if big { 1 << 16 } else { 1 }, 0, 20] {
+                put(b, v);
+            }
+            for v in [6, 36, 0, 0, 5, 4, 4, data, 36] {
+                put(b, v);
+            }
+        };
+        section(&mut b, false, 0x0102_0304);
+        section(&mut b, true, 0x0506_0708);
+        let cap = parse(&b).unwrap();
+        let data: Vec<&[u8]> = cap.records.iter().map(|r| &r.data[..]).collect();
+        assert_eq!(data, [[4, 3, 2, 1], [5, 6, 7, 8]]);
     }
 
     #[test]
