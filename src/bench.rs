@@ -24,18 +24,24 @@ use serde_json::json;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Distinct flows (IPv4/IPv6, TCP/UDP), half arriving on each port.
-    #[arg(long, default_value_t = 10_000)]
+    /// Distinct flows (IPv4/IPv6, TCP/UDP), half arriving on each port, as many for each
+    /// worker: at least two per worker.
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
     flows: usize,
     /// Generated policies (prefixes, ports and protocols that the flows match).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, allow_negative_numbers = true)]
     policies: usize,
     /// Make the policies match none of the flows (the cost of being there).
     #[arg(long)]
     unmatched: bool,
     /// Share (0 to 1) of the generated policies that throttle each of their flows at 200 kb/s
     /// (`throttle_per: flow`), with the default 100 ms delay limit.
-    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "F",
+        allow_negative_numbers = true
+    )]
     throttled_share: f64,
     /// Forward without parsing or classifying: the pass-through loop, the baseline for
     /// the cost of being there.
@@ -46,20 +52,20 @@ pub struct BenchArgs {
     /// of choosing the owner).
     #[arg(long)]
     steer: bool,
-    /// Frame size in bytes (no FCS), at most a jumbo frame's 9216; frames whose headers are
-    /// longer are as short as they can be.
-    #[arg(long, default_value_t = 60,
-          value_parser = clap::value_parser!(u16).range(1..=MAX_FRAME_LEN as i64))]
+    /// Frame size in bytes (no FCS), from Ethernet's 60 to a jumbo frame's 9216; frames
+    /// whose headers are longer (IPv6 TCP: 74) are as short as they can be.
+    #[arg(long, default_value_t = 60, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u16).range(60..=MAX_FRAME_LEN as i64))]
     pkt_size: u16,
-    /// Worker cores.
-    #[arg(long, default_value_t = 1)]
+    /// Worker cores (1 to 16, net_pcap's queues per port).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     workers: usize,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds to run (at most an hour).
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
     seconds: f64,
     /// Flow cache capacity per worker (default: room for every flow). Smaller than the
     /// number of flows makes every packet a new flow: the classification rate under churn.
-    #[arg(long)]
+    #[arg(long, value_name = "N", value_parser = crate::at_least_one)]
     flow_capacity: Option<usize>,
     /// Keep the generated capture files in DIR (for running testpmd on the same rig).
     #[arg(long, value_name = "DIR")]
@@ -192,9 +198,28 @@ fn policy_table(m: usize, unmatched: bool, throttled_share: f64) -> Result<Polic
         .map_err(|e| format!("generated policies are invalid: {}", e[0]))
 }
 
+/// The longest run `--seconds` asks for.
+const MAX_SECONDS: f64 = 3600.0;
+
 pub fn run(args: &BenchArgs) -> Result<(), String> {
-    if args.flows < 2 || args.workers == 0 || args.seconds <= 0.0 {
-        return Err("need --flows >= 2, --workers >= 1 and --seconds > 0".into());
+    use crate::replay::MAX_WORKERS;
+    if !(1..=MAX_WORKERS).contains(&args.workers) {
+        return Err(format!(
+            "--workers must be from 1 to {MAX_WORKERS} (net_pcap's queues per port)"
+        ));
+    }
+    if args.flows < 2 * args.workers {
+        return Err(format!(
+            "--flows must be at least {} with {} worker(s): each worker needs a flow on \
+             each port",
+            2 * args.workers,
+            args.workers
+        ));
+    }
+    if !(args.seconds > 0.0 && args.seconds <= MAX_SECONDS) {
+        return Err(format!(
+            "--seconds must be more than 0 and at most {MAX_SECONDS}"
+        ));
     }
     if !(0.0..=1.0).contains(&args.throttled_share) {
         return Err("--throttled-share must be between 0 and 1".into());
@@ -212,39 +237,63 @@ pub fn run(args: &BenchArgs) -> Result<(), String> {
     result
 }
 
-/// Flow i arrives on port i % 2 at the worker its hash picks: one capture per (port, worker).
-fn write_flow_files(dir: &Path, args: &BenchArgs) -> Result<[Vec<PathBuf>; 2], String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut split: [Vec<Vec<Record>>; 2] = [
-        vec![Vec::new(); args.workers],
-        vec![Vec::new(); args.workers],
-    ];
-    for i in 0..args.flows {
-        let data = flow_frame(i, usize::from(args.pkt_size));
+/// The generated flows of each (port, worker): flow i arrives on port i % 2 at the worker
+/// its inside host belongs to; flows are taken in order while their (port, worker) has
+/// room, so that each gets its share of `n` (one worker: flows 0 to n − 1).
+fn split_flows(n: usize, workers: usize, pkt_size: usize) -> Result<[Vec<Vec<Record>>; 2], String> {
+    let buckets = 2 * workers;
+    let room = |side: usize, w: usize| n / buckets + usize::from(w * 2 + side < n % buckets);
+    let mut split: [Vec<Vec<Record>>; 2] = [vec![Vec::new(); workers], vec![Vec::new(); workers]];
+    let (mut placed, mut i) = (0, 0);
+    while placed < n {
+        // Client addresses encode i in 24 bits (IPv4): flows repeat past that.
+        if i >= 1 << 24 {
+            return Err(format!(
+                "cannot spread {n} flows evenly over {workers} workers"
+            ));
+        }
+        let data = flow_frame(i, pkt_size);
         let side = i % 2;
-        let w = worker_for(&data, side == 1, args.workers);
-        split[side][w].push(Record {
-            ts_ns: i as u64 * 1000,
-            orig_len: data.len() as u32,
-            data,
-        });
+        let w = worker_for(&data, side == 1, workers);
+        if split[side][w].len() < room(side, w) {
+            split[side][w].push(Record {
+                ts_ns: i as u64 * 1000,
+                orig_len: data.len() as u32,
+                data,
+            });
+            placed += 1;
+        }
+        i += 1;
     }
-    let mut paths: [Vec<PathBuf>; 2] = [Vec::new(), Vec::new()];
+    Ok(split)
+}
+
+/// One capture per (port, worker), and how many flows each holds.
+struct FlowFiles {
+    paths: [Vec<PathBuf>; 2],
+    flows: [Vec<u64>; 2],
+}
+
+fn write_flow_files(dir: &Path, args: &BenchArgs) -> Result<FlowFiles, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let split = split_flows(args.flows, args.workers, usize::from(args.pkt_size))?;
+    let mut files = FlowFiles {
+        paths: [Vec::new(), Vec::new()],
+        flows: [Vec::new(), Vec::new()],
+    };
     for (side, per_worker) in split.iter().enumerate() {
         for (w, records) in per_worker.iter().enumerate() {
-            if records.is_empty() {
-                return Err(format!("worker {w} got no flows; use more --flows"));
-            }
             let p = dir.join(format!("flows-port{side}-q{w}.pcap"));
             pcap::write_file(&p, false, records)
                 .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
-            paths[side].push(p);
+            files.paths[side].push(p);
+            files.flows[side].push(records.len() as u64);
         }
     }
-    Ok(paths)
+    Ok(files)
 }
 
-fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> Result<(), String> {
+fn measure(args: &BenchArgs, table: PolicyTable, files: &FlowFiles) -> Result<(), String> {
     // Every frame of the files stays in an mbuf (infinite_rx), plus the working set.
     let frame_room = usize::from(args.pkt_size).max(74).div_ceil(64) * 64;
     let data_room = (128 + frame_room) as u16;
@@ -258,7 +307,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     let mbufs = (args.flows + parked + 8192 * args.workers + 4096) as u32;
     let mem_mb = 256 + (mbufs as usize * (data_room as usize + 256)) / (1 << 20);
     let vdev = |port: usize| {
-        let queues: Vec<String> = files[port]
+        let queues: Vec<String> = files.paths[port]
             .iter()
             .map(|p| format!("rx_pcap={}", p.display()))
             .collect();
@@ -324,7 +373,16 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
     let total = sum(w.iter().copied(), WorkerCounters::received);
     let hits = sum(w.iter().copied(), |c| c.cache_hits.get());
     let misses = sum(w.iter().copied(), |c| c.cache_misses.get());
-    let flows_seen = sum(w.iter().copied(), |c| c.cache_entries.get());
+    // Each queue replays its file's frames in order, every frame a flow of its own: the
+    // flows a queue delivered are its frames, up to its file's. (The flow cache cannot
+    // count them when it holds fewer.)
+    let flows_seen: u64 = (0..2)
+        .flat_map(|side| {
+            let delivered = report.ports[side].rx_queue_packets;
+            (files.flows[side].iter().enumerate()).map(move |(q, &n)| delivered[q].min(n))
+        })
+        .sum();
+    let cache_entries = sum(w.iter().copied(), |c| c.cache_entries.get());
     let mean_mpps = total as f64 / elapsed / 1e6;
     // Like testpmd's figure in scripts/bench: the median period after the first.
     let mpps = steady.unwrap_or(mean_mpps);
@@ -343,6 +401,7 @@ fn measure(args: &BenchArgs, table: PolicyTable, files: &[Vec<PathBuf>; 2]) -> R
                 "mpps": mpps, "mean_mpps": mean_mpps, "mpps_per_worker": per_worker,
                 "ns_per_packet": ns_per_packet,
                 "hit_ratio": hit_ratio, "flows_seen": flows_seen, "flows": args.flows,
+                "flow_cache_entries": cache_entries, "pkt_size": args.pkt_size,
                 "policies": args.policies, "workers": args.workers, "packets": total,
                 "unmatched_packets": unmatched, "misses": misses, "seconds": elapsed,
                 "throttled_share": args.throttled_share, "delayed_packets": delayed,
@@ -410,6 +469,27 @@ mod tests {
         // Periods after the first: 5.0, 5.5, 4.5 Mpps; the 0.3 s tail is not a whole period.
         assert_eq!(steady_mpps(&samples), Some(5.0));
         assert_eq!(steady_mpps(&samples[..3]), None);
+    }
+
+    #[test]
+    fn flows_are_shared_evenly_between_ports_and_workers() {
+        let one = split_flows(5, 1, 60).unwrap();
+        let ids =
+            |records: &[Record]| -> Vec<u64> { records.iter().map(|r| r.ts_ns / 1000).collect() };
+        assert_eq!(
+            (ids(&one[0][0]), ids(&one[1][0])),
+            (vec![0, 2, 4], vec![1, 3])
+        );
+        for (n, workers) in [(4, 2), (1001, 3), (64, 16)] {
+            let split = split_flows(n, workers, 60).unwrap();
+            let sizes: Vec<usize> = split.iter().flatten().map(Vec::len).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            let (least, most) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(
+                *least >= 1 && most - least <= 1,
+                "{n} over {workers}: {sizes:?}"
+            );
+        }
     }
 
     #[test]

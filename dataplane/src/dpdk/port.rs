@@ -57,6 +57,8 @@ pub struct PortStats {
     pub rx_errors: u64,
     pub tx_errors: u64,
     pub rx_no_mbuf: u64,
+    /// Frames received on each RX queue (the first 16, where the driver counts them).
+    pub rx_queue_packets: [u64; 16],
 }
 
 /// A port's link as its driver reports it (`rte_eth_link_get_nowait`).
@@ -251,6 +253,7 @@ impl Port {
             rx_errors: s.ierrors,
             tx_errors: s.oerrors,
             rx_no_mbuf: s.rx_nombuf,
+            rx_queue_packets: s.q_ipackets,
         }
     }
 
