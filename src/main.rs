@@ -74,8 +74,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads and compiles a policy file; warnings go to stderr, errors become one line (the
-/// first error, and how many more `qosgw policy check` would show).
 /// A command-line count that must be at least 1 (a flow cache of no entries classifies
 /// nothing).
 fn at_least_one(s: &str) -> Result<usize, String> {
@@ -86,6 +84,8 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Loads and compiles a policy file; warnings go to stderr, errors become one line (the
+/// first error, and how many more `qosgw policy check` would show).
 fn load_policies(path: &Path) -> Result<control::PolicyTable, String> {
     match control::load_policy_file(path) {
         Ok((table, warnings)) => {

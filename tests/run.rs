@@ -774,9 +774,16 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
         t0.elapsed()
     };
 
-    // A bad file, by POST: 400, the old generation and policies stay, an error is counted.
+    // A bad file, by a change of the file: the old generation and policies stay, an error
+    // is counted.
     let bad = padded(json!([{ "name": "alpha", "protocol": "udp", "dscp": 99 }]));
     overwrite_in_place(&policies, &bad);
+    wait_errors(&gw, 1, "bad file, file change");
+    std::thread::sleep(Duration::from_millis(500)); // one change, one reload
+    assert_eq!(reloads(&gw), (0, 1));
+    assert_eq!(generation(&gw), (g0, vec!["alpha".to_owned()]));
+
+    // ... by POST (the same file): 400 with the error and the generation in force.
     let (status, body) = gw.post_reload();
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["generation"], g0, "{body}");
@@ -785,25 +792,26 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
         "{body}"
     );
     assert_eq!(generation(&gw), (g0, vec!["alpha".to_owned()]));
-    assert_eq!(reloads(&gw), (0, 1));
+    assert_eq!(reloads(&gw), (0, 2));
 
     // ... by SIGHUP.
     gw.proc.signal("HUP");
-    wait_errors(&gw, 2, "bad file, SIGHUP");
+    wait_errors(&gw, 3, "bad file, SIGHUP");
     assert_eq!(generation(&gw), (g0, vec!["alpha".to_owned()]));
 
-    // ... by a change of the file (another bad one: unknown field).
+    // ... by another change of the file (another bad one: unknown field).
     replace_file(
         &policies,
         &padded(json!([{ "name": "alpha", "dscpp": 10 }])),
     );
-    wait_errors(&gw, 3, "bad file, file change");
+    wait_errors(&gw, 4, "bad file, file change");
     std::thread::sleep(Duration::from_millis(500)); // one change, one reload
-    assert_eq!(reloads(&gw), (0, 3));
+    assert_eq!(reloads(&gw), (0, 4));
     assert_eq!(generation(&gw), (g0, vec!["alpha".to_owned()]));
 
     // A good file by SIGHUP, sent right after the write: the SIGHUP's reload takes the
-    // change, and the watcher does not load it again (it did, a poll later, before).
+    // change (a hangup is taken before the watcher looks, and the watcher loads a change
+    // a poll after it saw it), and the watcher does not load it again (it did, before).
     overwrite_in_place(&policies, &padded(one_policy("beta", 2000, 20)));
     gw.proc.signal("HUP");
     let bumped = poll_until(Duration::from_secs(2), || {
@@ -817,7 +825,7 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
     );
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(generation(&gw), (g0 + 1, vec!["beta".to_owned()]));
-    assert_eq!(reloads(&gw), (1, 3), "one change, one reload");
+    assert_eq!(reloads(&gw), (1, 4), "one change, one reload");
     let by_sighup = format!("(SIGHUP): 1 policies, generation {}", g0 + 1);
     assert!(
         gw.proc.output().contains(&by_sighup),
@@ -848,23 +856,21 @@ fn reloads_by_sighup_file_change_and_post_and_bad_files_keep_the_old_set() {
         (g0 + 2, vec!["gamma".to_owned(), "delta".to_owned()])
     );
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(reloads(&gw), (2, 3), "one change, one reload");
+    assert_eq!(reloads(&gw), (2, 4), "one change, one reload");
 
-    // A good file by POST alone.
-    let good = padded(one_policy("epsilon", 3000, 30));
-    replace_file(&policies, &padded(one_policy("zeta", 3000, 30)));
+    // A good file in place, then POST: a new generation of the file as it is.
+    overwrite_in_place(&policies, &padded(one_policy("zeta", 3000, 30)));
     let zeta = poll_until(Duration::from_secs(2), || {
         (polled_generation(&gw) == g0 + 3).then_some(())
     });
     assert!(zeta.is_some(), "zeta not published by the watcher");
     assert_eq!(generation(&gw), (g0 + 3, vec!["zeta".to_owned()]));
-    overwrite_in_place(&policies, &good);
     let (status, body) = gw.post_reload();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["generation"], g0 + 4, "{body}");
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(generation(&gw), (g0 + 4, vec!["epsilon".to_owned()]));
-    assert_eq!(reloads(&gw), (4, 3), "one change, one reload");
+    assert_eq!(generation(&gw), (g0 + 4, vec!["zeta".to_owned()]));
+    assert_eq!(reloads(&gw), (4, 4));
 
     // SIGINT stops it like SIGTERM.
     let (st, _, _) = gw.terminate("INT", Duration::from_secs(5));

@@ -17,11 +17,10 @@ pub struct Coalesce<T> {
 #[derive(Debug)]
 struct State<T> {
     running: bool,
-    /// Runs started and finished so far.
+    /// Runs started so far.
     started: u64,
-    finished: u64,
-    /// The latest finished run's result.
-    last: Option<T>,
+    /// The latest run that finished (did not panic): its number and result.
+    last: Option<(u64, T)>,
 }
 
 impl<T> Default for State<T> {
@@ -29,7 +28,6 @@ impl<T> Default for State<T> {
         State {
             running: false,
             started: 0,
-            finished: 0,
             last: None,
         }
     }
@@ -56,10 +54,8 @@ impl<T: Clone> Coalesce<T> {
         let mut state = self.lock();
         let wanted = state.started + 1;
         loop {
-            if state.finished >= wanted {
-                if let Some(result) = &state.last {
-                    return result.clone();
-                }
+            if let Some((_, result)) = state.last.as_ref().filter(|(n, _)| *n >= wanted) {
+                return result.clone();
             }
             if !state.running {
                 break;
@@ -96,11 +92,9 @@ impl<T: Clone> Drop for Finish<'_, T> {
     fn drop(&mut self) {
         let mut state = self.owner.lock();
         state.running = false;
-        state.finished = self.number;
         // A run that panicked has no result: its waiters run the job themselves.
-        match self.result.take() {
-            Some(r) => state.last = Some(r),
-            None => state.finished = self.number - 1,
+        if let Some(result) = self.result.take() {
+            state.last = Some((self.number, result));
         }
         drop(state);
         self.owner.done.notify_all();
@@ -129,7 +123,7 @@ mod tests {
         let runs = Arc::new(AtomicU64::new(0));
         let job = |runs: &AtomicU64| {
             let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(400));
             n
         };
         // The first run, started before the others ask.

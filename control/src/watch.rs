@@ -39,8 +39,9 @@ struct Stamp {
 }
 
 impl Stamp {
-    /// Whether a write in the same tick of the file system's clock could share this stamp.
-    fn is_racy(&self, now: SystemTime) -> bool {
+    /// Whether a write in the same tick of the file system's clock could share this stamp:
+    /// a time within `racy` of `now`, or later than `now`.
+    fn is_racy(&self, now: SystemTime, racy: Duration) -> bool {
         let changed = SystemTime::UNIX_EPOCH
             .checked_add(Duration::new(
                 self.changed.0.max(0) as u64,
@@ -49,7 +50,7 @@ impl Stamp {
             .unwrap_or(now);
         [self.modified.unwrap_or(now), changed]
             .iter()
-            .any(|&t| now.duration_since(t).is_ok_and(|age| age < RACY) || t > now)
+            .any(|&t| now.duration_since(t).is_ok_and(|age| age < racy) || t > now)
     }
 }
 
@@ -86,10 +87,25 @@ pub struct FileWatch {
     path: PathBuf,
     /// The last version seen; None while the file is missing or unreadable.
     last: Option<Stamp>,
-    /// Its content's digest while its times are racy ([`RACY`]).
+    /// Its content's digest while its times are racy ([`RACY`]), or were at the last look.
     digest: Option<u64>,
+    /// Whether the file's times were racy at the last look.
+    was_racy: bool,
     /// A change was seen at the last poll; it is reported once the file stays the same.
     settling: bool,
+    /// [`RACY`] (shorter in tests).
+    racy: Duration,
+}
+
+/// One look at the file.
+struct Look {
+    stamp: Option<Stamp>,
+    racy: bool,
+    /// Its content's digest, if it was read (while its times are racy, or were at the
+    /// last look) and could be.
+    digest: Option<u64>,
+    /// Whether the digest was wanted (a failed read keeps the last one).
+    wanted: bool,
 }
 
 impl FileWatch {
@@ -101,7 +117,9 @@ impl FileWatch {
             path: path.into(),
             last: None,
             digest: None,
+            was_racy: false,
             settling: false,
+            racy: RACY,
         };
         w.mark_seen();
         w
@@ -113,28 +131,46 @@ impl FileWatch {
     }
 
     /// The file as it is now, with its digest while that is needed.
-    fn look(&self) -> (Option<Stamp>, Option<u64>) {
-        let now = stamp(&self.path);
-        let racy = now.is_some_and(|s| s.is_racy(SystemTime::now()));
-        // Still while the last look was racy: a write just after it may share its times.
-        let digest = (racy || self.digest.is_some())
-            .then(|| digest(&self.path))
-            .flatten();
-        (now, digest)
+    fn look(&self) -> Look {
+        let stamp = stamp(&self.path);
+        let racy = stamp.is_some_and(|s| s.is_racy(SystemTime::now(), self.racy));
+        // Also once after the times stop being racy: a write just after the last look may
+        // share its times.
+        let wanted = racy || self.was_racy;
+        Look {
+            stamp,
+            racy,
+            digest: wanted.then(|| digest(&self.path)).flatten(),
+            wanted,
+        }
+    }
+
+    /// Remembers what `look` saw of the content.
+    fn note(&mut self, look: &Look) {
+        self.was_racy = look.racy;
+        match look.digest {
+            Some(d) => self.digest = Some(d),
+            // A read that failed tells nothing: the last digest stands.
+            None if look.wanted => {}
+            None => self.digest = None,
+        }
     }
 
     /// Takes the file as it is now as seen: the next poll reports only what changes
     /// after this call. Call it just before reading the file for a reload.
     pub fn mark_seen(&mut self) {
-        (self.last, self.digest) = self.look();
+        let look = self.look();
+        self.last = look.stamp;
+        self.note(&look);
         self.settling = false;
     }
 
     /// What happened to the file since the last call (see the module documentation).
     pub fn poll(&mut self) -> Seen {
-        let (now, digest) = self.look();
-        let other_content = matches!((digest, self.digest), (Some(a), Some(b)) if a != b);
-        self.digest = digest;
+        let look = self.look();
+        let now = look.stamp;
+        let other_content = matches!((look.digest, self.digest), (Some(a), Some(b)) if a != b);
+        self.note(&look);
         if now == self.last && !other_content {
             return if std::mem::take(&mut self.settling) {
                 Seen::Changed
@@ -225,12 +261,17 @@ mod tests {
             "{w:?}"
         );
 
-        // Old enough: no content is read.
-        let old = SystemTime::now() - 2 * RACY;
-        let mut s = stamp(&path).unwrap();
-        (s.modified, s.changed) = (Some(old), (0, 0));
-        assert!(!s.is_racy(SystemTime::now()));
-        assert!(s.is_racy(old + RACY / 2), "recent then");
+        // Times old enough (here a shorter RACY): after one more look, no content is read.
+        w.racy = Duration::from_millis(30);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!([w.poll(), w.poll()], [Seen::Same; 2]);
+        assert_eq!(w.digest, None, "{w:?}");
+        let s = stamp(&path).unwrap();
+        assert!(!s.is_racy(SystemTime::now(), Duration::ZERO));
+        assert!(
+            s.is_racy(SystemTime::now(), RACY),
+            "recent by the real measure"
+        );
     }
 
     /// A reload by another trigger takes the change: the watch does not load it again.

@@ -124,7 +124,13 @@ pub fn read_file(path: &Path) -> Result<Capture, PcapError> {
 pub fn read_file_to_cut(path: &Path) -> Result<(Capture, Option<usize>), PcapError> {
     // A regular file only: a FIFO would block, a device (/dev/zero) never end.
     let (mut file, meta) = control::open_regular_file(path)?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(meta.len() as usize).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            "it is too large to hold in memory",
+        )
+    })?;
     file.read_to_end(&mut bytes)?;
     parse_to_cut(&bytes)
 }

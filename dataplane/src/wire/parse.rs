@@ -23,8 +23,10 @@
 //!   ICMPv6, ESP, GRE, IPv4's AH, ...) gives its number only, ports 0.
 //! - A non-first fragment (IPv4 offset ≠ 0, IPv6 fragment header offset ≠ 0) has no
 //!   upper-layer header: ports 0, and [`FlowKey::PORTS_UNKNOWN`] if its protocol has
-//!   ports (TCP, UDP, SCTP; one without ports has the key of its whole packets). Its
-//!   protocol is the IPv4 Protocol, or the IPv6 fragment header's Next Header.
+//!   ports (TCP, UDP, SCTP). Its protocol is the IPv4 Protocol, or the IPv6 fragment
+//!   header's Next Header; one without ports (ESP, GRE, ICMP) has the key its whole
+//!   packets have (not so in IPv6 when an extension header such as AH follows the
+//!   fragment header: whole packets are keyed on what it protects).
 //! - An unfragmented packet or a first fragment whose TCP (20 bytes), UDP (8) or
 //!   SCTP (12) header does not fit in the IP payload is malformed
 //!   ([`MalformedReason::Truncated`]): RFC 8200 §4.5 requires the first fragment to
@@ -467,7 +469,7 @@ fn parse_frame(frame: &[u8], inbound: bool) -> Result<Option<PacketInfo>, Malfor
             parse_ports(payload, &mut info)?;
         }
         // Only a protocol with ports can miss them: a non-first fragment of ESP, GRE or
-        // ICMP has the key of its datagram's whole packets (ports 0), so it is one flow.
+        // ICMP has the key of its datagram's whole packets (ports 0): one flow.
         None if control::policy::has_ports(info.key.protocol) => {
             info.key.flags |= FlowKey::PORTS_UNKNOWN
         }

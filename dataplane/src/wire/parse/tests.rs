@@ -309,7 +309,7 @@ fn ipv6_ah_is_walked() {
     ));
     let info = self::info(&rest);
     assert_eq!(info.key.protocol, AH);
-    assert!(!info.key.ports_unknown(), "AH has no ports to miss");
+    assert!(!info.key.ports_unknown(), "AH itself has no ports");
     assert_eq!(info.fragment, Fragment::NonFirst { id: 5 });
 
     // AH with nothing after it, or whose length runs past the payload.
