@@ -60,7 +60,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run(args) => run::run(&args),
+        Command::Run(args) => {
+            few_malloc_arenas();
+            run::run(&args)
+        }
         Command::Replay(args) => replay::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Policy(cmd) => return policy_cmd::run(&cmd),
@@ -71,6 +74,24 @@ fn main() -> ExitCode {
             errln!("qosgw: error: {msg}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Caps glibc's malloc at two arenas for the gateway's threads. By default each thread
+/// that allocates may get an arena of its own (up to 8 per CPU), and memory freed into one
+/// is reused by no other: reloads of a large policy set run on whichever HTTP connection
+/// thread asked, so a gateway with 40 000 policies grew by some 60 MB a round of parallel
+/// reloads. The workers do not allocate on their packet path, so sharing costs nothing.
+fn few_malloc_arenas() {
+    /// glibc's `M_ARENA_MAX` (malloc.h).
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+    extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called before any
+    // thread of ours exists, and an unknown or refused value only makes it return 0.
+    unsafe {
+        mallopt(M_ARENA_MAX, 2);
     }
 }
 
