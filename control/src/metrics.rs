@@ -4,7 +4,9 @@
 //! into a plain [`MetricsSnapshot`]; [`render`] turns it into the text format
 //! with the names, types and labels of SPEC §6. Each render builds a fresh
 //! `prometheus::Registry`, so nothing is shared with the workers and a
-//! policy that disappears in a reload disappears from the output.
+//! policy that disappears in a reload disappears from the output; the
+//! per-policy families, a series per policy (tens of thousands), are written
+//! directly in the format the registry's encoder writes.
 //!
 //! Every family appears with value 0 when there is something to label it by:
 //! each port gets every `reason` of drops and its link, each worker both `result`s of
