@@ -436,6 +436,15 @@ impl Subscriber {
 mod tests {
     use super::*;
 
+    /// A publisher for `workers` workers of a TSC at `tsc_hz`, publishing `policies`.
+    fn publisher(tsc_hz: u64, workers: usize, policies: &str) -> Arc<Publisher> {
+        let settings = ShaperSettings {
+            tsc_hz,
+            max_delay_cycles: u64::MAX,
+        };
+        Publisher::new(table(policies), workers, settings).unwrap()
+    }
+
     fn table(text: &str) -> PolicyTable {
         control::parse_policies("test.json", text)
             .expect("valid policies")
@@ -449,16 +458,11 @@ mod tests {
 
     #[test]
     fn workers_pick_up_a_new_generation_and_counters_survive_by_name() {
-        let settings = ShaperSettings {
-            tsc_hz: 1_000_000_000,
-            max_delay_cycles: u64::MAX,
-        };
-        let p = Publisher::new(
-            table(r#"{"policies":[{"name":"a","dscp":10},{"name":"b","dscp":20}]}"#),
+        let p = publisher(
+            1_000_000_000,
             2,
-            settings,
-        )
-        .unwrap();
+            r#"{"policies":[{"name":"a","dscp":10},{"name":"b","dscp":20}]}"#,
+        );
         let mut sub = p.subscribe();
         assert_eq!(sub.set().generation, 1);
         sub.set().actions(0).counters(1).packets.add(5);
@@ -490,16 +494,7 @@ mod tests {
     /// control side, once no worker holds it.
     #[test]
     fn replaced_sets_are_freed_by_the_publisher_not_by_a_worker() {
-        let settings = ShaperSettings {
-            tsc_hz: 1_000_000_000,
-            max_delay_cycles: u64::MAX,
-        };
-        let p = Publisher::new(
-            table(r#"{"policies":[{"name":"a","dscp":10}]}"#),
-            2,
-            settings,
-        )
-        .unwrap();
+        let p = publisher(1_000_000_000, 2, r#"{"policies":[{"name":"a","dscp":10}]}"#);
         let (mut w0, mut w1) = (p.subscribe(), p.subscribe());
         let first = Arc::downgrade(&p.current());
         p.publish(table(r#"{"policies":[{"name":"a","dscp":12}]}"#))
@@ -522,16 +517,7 @@ mod tests {
     #[test]
     fn a_failed_publish_registers_nothing() {
         // A TSC no shaper can count in: every throttle fails.
-        let settings = ShaperSettings {
-            tsc_hz: 1,
-            max_delay_cycles: u64::MAX,
-        };
-        let p = Publisher::new(
-            table(r#"{"policies":[{"name":"a","dscp":10}]}"#),
-            1,
-            settings,
-        )
-        .unwrap();
+        let p = publisher(1, 1, r#"{"policies":[{"name":"a","dscp":10}]}"#);
         let bad = table(r#"{"policies":[{"name":"x","dscp":1},{"name":"y","throttle":"1Mbps"}]}"#);
         let err = p.publish(bad).unwrap_err();
         assert!(err.starts_with("policy \"y\": throttle:"), "{err}");
