@@ -2031,6 +2031,85 @@ fn a_bad_config_file_is_one_line_with_its_position() {
 
 /// SPEC §3's `trust_dscp: false` clears the DSCP of IP traffic no policy matches (ECN kept,
 /// IPv4 checksum still valid), and `malformed: drop` drops malformed frames and counts them.
+/// A throttled policy under a sustained overload cannot take every packet buffer: its
+/// shaper drops what it cannot park, and unthrottled frames and the other direction keep
+/// flowing. (Found by a review: 100 Mb/s of 60-byte frames held for up to 100 ms is 20 833
+/// frames, more than a worker's pool; once it ran dry, 26 438 of 30 000 unthrottled frames
+/// were lost at RX as `no_mbuf`.)
+#[test]
+fn shapers_never_take_the_buffers_unthrottled_frames_need() {
+    let _exclusive = exclusive();
+    let dir = Scratch::new("run-park-limit");
+    let (input, output, policies) = (
+        dir.path("in.pcap"),
+        dir.path("out.pcap"),
+        dir.path("policies.json"),
+    );
+    let udp = |dst| {
+        Packet::new(ip("10.0.0.1"), ip("192.0.2.1"), L4::Udp { src: 2000, dst })
+            .payload(18)
+            .build()
+    };
+    let (flood, web) = (udp(9), udp(80));
+    let frames: Vec<Vec<u8>> = (0..300_000)
+        .map(|i| {
+            if i % 10 == 0 {
+                web.clone()
+            } else {
+                flood.clone()
+            }
+        })
+        .collect();
+    write_capture(&input, &frames);
+    std::fs::write(
+        &policies,
+        json!({ "policies": [
+            { "name": "flood", "protocol": "udp", "dst_port": 9, "dscp": 8, "throttle": "100Mbps" },
+            { "name": "web", "protocol": "udp", "dst_port": 80, "dscp": 18 }
+        ] })
+        .to_string(),
+    )
+    .unwrap();
+    let mut gw = Gateway::start_with_settings(
+        &dir,
+        &[vdev_rx_pcap(&input), vdev_tx_pcap(&output)],
+        &policies,
+        free_loopback(),
+        json!({ "shaper": { "max_delay_ms": 100 } }),
+    );
+    let read = poll_until(Duration::from_secs(60), || {
+        let rx = gw.value("qosgw_port_rx_packets_total", &[("port", "inside")]) as usize;
+        let missed = gw.value(
+            "qosgw_port_dropped_packets_total",
+            &[("port", "inside"), ("reason", "no_mbuf")],
+        ) as usize;
+        (rx + missed >= frames.len()).then_some(())
+    });
+    assert!(read.is_some(), "input not read within 60 s");
+    std::thread::sleep(Duration::from_millis(300)); // the last backlog leaves
+    let no_mbuf = gw.value(
+        "qosgw_port_dropped_packets_total",
+        &[("port", "inside"), ("reason", "no_mbuf")],
+    );
+    let web_packets = gw.value("qosgw_policy_packets_total", &[("policy", "web")]);
+    let flood_dropped = gw.value("qosgw_policy_dropped_packets_total", &[("policy", "flood")]);
+    let (st, _, _) = gw.terminate("TERM", Duration::from_secs(10));
+    let log = gw.proc.output();
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert_eq!(no_mbuf, 0.0, "RX never ran out of buffers");
+    assert_eq!(
+        web_packets as usize, 30_000,
+        "every unthrottled frame let through"
+    );
+    assert!(
+        flood_dropped > 0.0,
+        "the flood's shaper dropped what it could not park"
+    );
+    let out = read_capture(&output);
+    let web_out = out.iter().filter(|r| r.data[36..38] == 80u16.to_be_bytes());
+    assert_eq!(web_out.count(), 30_000, "every unthrottled frame sent");
+}
+
 #[test]
 fn untrusted_dscp_is_cleared_and_malformed_frames_are_dropped() {
     let _exclusive = exclusive();

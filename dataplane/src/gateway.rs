@@ -108,9 +108,11 @@ impl<'e> Gateway<'e> {
 
         // A worker's share of the pool, less what RX/TX rings, bursts and the per-lcore
         // mempool caches may hold at once.
-        let hold_limit = (cfg.mbufs as usize / cfg.workers)
-            .saturating_sub(2048)
-            .max(BURST);
+        let share = cfg.mbufs as usize / cfg.workers;
+        let hold_limit = share.saturating_sub(2048).max(BURST);
+        // Live, the RX rings stay full and the TX rings and the inboxes from the other
+        // workers may be too (1 024 each, per port), besides bursts and caches.
+        let park_limit = share.saturating_sub(6 * 1024 + 512).max(BURST);
         let mut workers = Vec::with_capacity(cfg.workers);
         let mut counters = Vec::with_capacity(cfg.workers);
         let queues = inside
@@ -139,6 +141,8 @@ impl<'e> Gateway<'e> {
             let mut worker = Worker::new(q, pipeline, eal.tsc_hz());
             if cfg.lossless {
                 worker.hold_limit(hold_limit);
+            } else {
+                worker.park_limit(park_limit);
             }
             if cfg.passthrough {
                 worker.passthrough();
@@ -190,6 +194,9 @@ impl<'e> Gateway<'e> {
             if let Err(e) = eal.launch(*lcore, work) {
                 first_stop.raise();
                 launched.iter().for_each(|&l| eal.wait(l));
+                if let Some(inboxes) = &inboxes {
+                    steering::drain(inboxes, &counters[0]);
+                }
                 return Err(e);
             }
             launched.push(*lcore);

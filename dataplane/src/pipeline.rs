@@ -201,6 +201,12 @@ impl Pipeline {
         }
     }
 
+    /// Lets the shapers park at most `room` more packets (see [`WorkerShapers::set_room`]).
+    #[inline]
+    pub fn set_park_room(&mut self, room: usize) {
+        self.shapers.set_room(room);
+    }
+
     /// Forgets the staged frames (after [`Pipeline::process_staged`]).
     #[inline]
     pub fn clear_staged(&mut self) {

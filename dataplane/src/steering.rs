@@ -11,8 +11,9 @@
 //! loop is untouched) hands the frames of other workers' hosts, unprocessed, to their
 //! owner's inbox for the side they came in on. The owner's callback gives its burst what
 //! waits in its inbox first: while the inbox holds anything, the owner's own frames join
-//! its tail, so that no frame overtakes an earlier one of its flow, whichever queue each
-//! came in on (net_tap moves a flow to the queue its replies leave on). A frame that finds
+//! its tail, so that no frame overtakes an earlier one of its flow that a worker has
+//! received, whichever queue each came in on (net_tap moves a flow to the queue its
+//! replies leave on; a frame still in the old queue's ring at the move can be overtaken). A frame that finds
 //! an inbox full is dropped and counted, as `qosgw_port_dropped_packets_total` with
 //! `reason="handoff_full"`: the worker it is for is overloaded. Frames are counted
 //! (received) by the worker that processes them.

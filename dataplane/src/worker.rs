@@ -65,6 +65,9 @@ pub struct Worker {
     backlog_bytes: u64,
     /// Stop receiving while the wheels hold this many packets (see [`Worker::hold_limit`]).
     hold_limit: usize,
+    /// Park at most this many packets; drop what shapers would delay beyond it (see
+    /// [`Worker::park_limit`]).
+    park_limit: usize,
     /// Forward without processing (the baseline of `qosgw bench --passthrough`).
     passthrough: bool,
     /// `counters.handed` when a poll last found it moved.
@@ -94,6 +97,7 @@ impl Worker {
             }),
             backlog_bytes: 0,
             hold_limit: usize::MAX,
+            park_limit: usize::MAX,
             passthrough: false,
             handed_seen: 0,
         }
@@ -106,6 +110,15 @@ impl Worker {
     /// `max_delay` instead.
     pub fn hold_limit(&mut self, limit: usize) {
         self.hold_limit = limit;
+    }
+
+    /// Makes the worker's shapers park at most `limit` packets: past it, a packet a shaper
+    /// would delay is dropped and counted as its policy's shaper drop, as one past
+    /// `max_delay` is. For a live gateway, whose shapers would otherwise take every buffer
+    /// of the pool under a sustained overload (`max_delay` bounds a backlog in time, not in
+    /// packets) and leave none to receive unthrottled traffic into.
+    pub fn park_limit(&mut self, limit: usize) {
+        self.park_limit = limit;
     }
 
     /// Makes the worker forward every frame untouched, without parsing or classifying: the
@@ -220,6 +233,8 @@ impl Worker {
                 .map(|m| m.is_contiguous().then(|| m.data()));
             self.pipeline.stage(frames, side);
             self.pipeline.prefetch_staged();
+            let room = self.park_limit.saturating_sub(self.parked());
+            self.pipeline.set_park_room(room);
         }
         // Summed apart from the processing, whose loop has no register to spare.
         let bytes = bytes_of(&self.burst);

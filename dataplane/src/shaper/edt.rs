@@ -92,6 +92,15 @@ impl ShaperConfig {
         self.max_delay_cycles
     }
 
+    /// The same shaper letting nothing wait: a packet it would delay is dropped instead,
+    /// leaving the clock as it was (for a worker with no room left to park packets).
+    pub fn without_waiting(&self) -> ShaperConfig {
+        ShaperConfig {
+            max_delay_cycles: 0,
+            ..*self
+        }
+    }
+
     /// The schedule step shared by [`ShaperState`] and the atomic
     /// [`SharedShaper`](super::SharedShaper): from the current `t_next` and carry, the
     /// decision and the new `(t_next, carry)`, or `None` for a drop.

@@ -185,6 +185,8 @@ pub struct WorkerShapers {
     /// are dropped by [`WorkerShapers::retire_idle`] once there are `carries_sweep_at`.
     carries: HashMap<ShaperId, (u32, Arc<SharedClock>)>,
     carries_sweep_at: usize,
+    /// Packets the worker may still park ([`WorkerShapers::set_room`]).
+    room: usize,
 }
 
 impl WorkerShapers {
@@ -199,7 +201,16 @@ impl WorkerShapers {
             flows: ShaperTable::with_capacity(flows),
             carries: HashMap::with_capacity(WorkerShapers::CARRIES),
             carries_sweep_at: WorkerShapers::CARRIES,
+            room: usize::MAX,
         }
+    }
+
+    /// Lets the next schedules delay (park) at most `room` packets between them; past that,
+    /// a packet its shaper would delay is dropped instead, as one past the delay limit is
+    /// (its clock left as it was). The worker sets it before each burst from what its
+    /// packet pool can still hold (`usize::MAX`: no limit).
+    pub fn set_room(&mut self, room: usize) {
+        self.room = room;
     }
 
     /// Schedule a frame of `len` bytes seen at `now` on `shaper`. `hint` is the flow's
@@ -214,22 +225,35 @@ impl WorkerShapers {
         now: u64,
         len: u32,
     ) -> Decision {
-        match shaper {
+        let full = self.room == 0;
+        let strict;
+        let cfg = match shaper.config() {
+            cfg if full => {
+                strict = cfg.without_waiting();
+                &strict
+            }
+            cfg => cfg,
+        };
+        let decision = match shaper {
             PolicyShaper::Policy { id, shaper } => {
                 *hint = ShaperHint::policy(*id);
                 let (carry, _) = self
                     .carries
                     .entry(*id)
                     .or_insert_with(|| (0, Arc::clone(shaper.clock())));
-                shaper.schedule(carry, now, len)
+                shaper.schedule_as(cfg, carry, now, len)
             }
-            PolicyShaper::Host { id, cfg } => {
+            PolicyShaper::Host { id, .. } => {
                 self.hosts.schedule(cfg, (*id, key.host), hint, now, len)
             }
-            PolicyShaper::Flow { id, cfg } => {
+            PolicyShaper::Flow { id, .. } => {
                 self.flows.schedule(cfg, (*id, key.flow), hint, now, len)
             }
+        };
+        if let Decision::At(_) = decision {
+            self.room -= 1;
         }
+        decision
     }
 
     /// The shaper a flow's packets were last parked by, as its `hint` and `key` name it: its
@@ -459,6 +483,40 @@ mod tests {
             (w.parked(ShaperHint::policy(busy.id()), &key(1, 1))).is_some(),
             "the busy one's is kept"
         );
+    }
+
+    /// With no room left to park, what a shaper would delay is dropped and its clock left
+    /// as it was; what it lets go at once still goes. Every scope alike.
+    #[test]
+    fn without_room_a_delayed_packet_is_dropped_not_parked() {
+        let reg = ShaperRegistry::new();
+        let now = 1 << 32;
+        for scope in [
+            ThrottleScope::Policy,
+            ThrottleScope::Host,
+            ThrottleScope::Flow,
+        ] {
+            let name = format!("{scope:?}");
+            let shaper = reg.shaper_for(&name, scope, cfg(8_000_000)).unwrap();
+            let mut w = WorkerShapers::with_capacity(4, 4);
+            let mut hint = ShaperHint::NONE;
+            let mut go =
+                |w: &mut WorkerShapers, len| w.schedule(&shaper, &key(1, 1), &mut hint, now, len);
+            w.set_room(1);
+            assert_eq!(go(&mut w, 1000), Decision::Now, "{name}: the burst");
+            assert!(
+                matches!(go(&mut w, 1000), Decision::At(_)),
+                "{name}: parked"
+            );
+            assert_eq!(go(&mut w, 1000), Decision::Drop, "{name}: no room left");
+            w.set_room(usize::MAX);
+            // 1 000 bytes at 8 Mb/s is 1 ms: the dropped one took no time on the clock.
+            assert_eq!(
+                go(&mut w, 1000),
+                Decision::At(now + 2_000_000),
+                "{name}: right after the parked one"
+            );
+        }
     }
 
     #[test]
