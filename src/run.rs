@@ -202,7 +202,7 @@ fn start(
             &[
                 (
                     counters::sum(workers(), |w| w.shaper_dropped.get()),
-                    "by shapers for delay"
+                    "by shapers (tail drop)"
                 ),
                 (
                     counters::sum(workers(), |w| w.shaper_stop_dropped.get()),

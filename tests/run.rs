@@ -1964,7 +1964,7 @@ fn sigterm_with_a_shaper_backlog_stops_within_2_s_and_accounts_for_every_frame()
         (
             books.frames_in,
             books.out,
-            books.dropped("by shapers for delay")
+            books.dropped("by shapers (tail drop)")
         ),
         (n, got.len() as u64, dropped),
         "{log}"
@@ -2104,6 +2104,12 @@ fn shapers_never_take_the_buffers_unthrottled_frames_need() {
     assert!(
         flood_dropped > 0.0,
         "the flood's shaper dropped what it could not park"
+    );
+    let books = stop_books(&log);
+    assert_eq!(
+        books.dropped("by shapers (tail drop)") as f64,
+        flood_dropped,
+        "{log}"
     );
     let out = read_capture(&output);
     let web_out = out.iter().filter(|r| r.data[36..38] == 80u16.to_be_bytes());

@@ -448,7 +448,7 @@ const POLICY_FAMILIES: [PolicyFamily; 5] = [
     ),
     (
         "qosgw_policy_dropped_packets_total",
-        "Packets of the policy that its shaper dropped because they would leave later than shaper.max_delay_ms from now.",
+        "Packets of the policy that its shaper dropped (tail drop): they would have left later than shaper.max_delay_ms from now, or the worker had no packet buffer left to hold them.",
         |p| p.dropped,
     ),
 ];
