@@ -92,18 +92,15 @@ impl ShaperConfig {
         self.max_delay_cycles
     }
 
-    /// The same shaper letting nothing wait: a packet it would delay is dropped instead,
-    /// leaving the clock as it was (for a worker with no room left to park packets).
-    pub fn without_waiting(&self) -> ShaperConfig {
-        ShaperConfig {
-            max_delay_cycles: 0,
-            ..*self
-        }
-    }
-
     /// The schedule step shared by [`ShaperState`] and the atomic
     /// [`SharedShaper`](super::SharedShaper): from the current `t_next` and carry, the
     /// decision and the new `(t_next, carry)`, or `None` for a drop.
+    ///
+    /// `room`: how many more packets the worker can park. A packet is delayed only while
+    /// its shaper's backlog, counted in packets of its size, stays within that room, so a
+    /// shaper offered far more than its rate takes at most about half of what is free and
+    /// leaves the rest to the others (n such shapers about n/(n+1) between them), and a
+    /// shaper within its rate keeps its room (`u64::MAX`: no limit; 0: nothing may wait).
     #[inline]
     pub(crate) fn step(
         &self,
@@ -111,6 +108,7 @@ impl ShaperConfig {
         carry: u32,
         now: u64,
         len: u32,
+        room: u64,
     ) -> Option<(Decision, u64, u32)> {
         let earliest = now.saturating_sub(self.burst_cycles);
         // A clamped clock starts on a whole cycle: the old fraction belonged to a past
@@ -120,11 +118,14 @@ impl ShaperConfig {
         } else {
             (t_next, carry)
         };
-        let end = start.saturating_add(self.rate.tx_cycles(len, &mut carry));
+        let tx = self.rate.tx_cycles(len, &mut carry);
+        let end = start.saturating_add(tx);
         if end <= now {
             return Some((Decision::Now, end, carry));
         }
-        if end - now > self.max_delay_cycles {
+        let wait = end - now;
+        // Its backlog in packets of this size, ⌈wait / tx⌉, more than the room: wait > room × tx.
+        if wait > self.max_delay_cycles || wait > room.saturating_mul(tx.max(1)) {
             return None;
         }
         Some((Decision::At(end), end, carry))
@@ -151,7 +152,19 @@ impl ShaperState {
     /// Decide when a frame of `len` bytes (as on the wire, SPEC §2) seen at `now` leaves.
     #[inline]
     pub fn schedule(&mut self, cfg: &ShaperConfig, now: u64, len: u32) -> Decision {
-        match cfg.step(self.t_next, self.carry, now, len) {
+        self.schedule_within(cfg, now, len, u64::MAX)
+    }
+
+    /// [`schedule`](Self::schedule) with `room` packets left to park ([`ShaperConfig::step`]).
+    #[inline]
+    pub fn schedule_within(
+        &mut self,
+        cfg: &ShaperConfig,
+        now: u64,
+        len: u32,
+        room: u64,
+    ) -> Decision {
+        match cfg.step(self.t_next, self.carry, now, len, room) {
             Some((decision, t_next, carry)) => {
                 self.t_next = t_next;
                 self.carry = carry;

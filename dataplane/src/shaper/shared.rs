@@ -70,17 +70,18 @@ impl SharedShaper {
     /// means another worker scheduled a packet meanwhile, and the step is redone.
     #[inline]
     pub fn schedule(&self, carry: &mut u32, now: u64, len: u32) -> Decision {
-        self.schedule_as(&self.cfg, carry, now, len)
+        self.schedule_within(carry, now, len, u64::MAX)
     }
 
-    /// [`schedule`](Self::schedule) on this shaper's clock with `cfg` instead of its own
-    /// (its rate and burst with another delay limit: [`ShaperConfig::without_waiting`]).
-    pub fn schedule_as(&self, cfg: &ShaperConfig, carry: &mut u32, now: u64, len: u32) -> Decision {
+    /// [`schedule`](Self::schedule) with `room` packets left to park ([`ShaperConfig::step`]).
+    pub fn schedule_within(&self, carry: &mut u32, now: u64, len: u32, room: u64) -> Decision {
         // Relaxed is enough: the clock publishes no other data, and read-modify-write
         // operations on one atomic always see the latest value in its modification order.
         let mut current = self.clock.t_next.load(Ordering::Relaxed);
         loop {
-            let Some((decision, t_next, new_carry)) = cfg.step(current, *carry, now, len) else {
+            let Some((decision, t_next, new_carry)) =
+                self.cfg.step(current, *carry, now, len, room)
+            else {
                 return Decision::Drop;
             };
             match self.clock.t_next.compare_exchange_weak(

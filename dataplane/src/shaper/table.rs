@@ -107,6 +107,20 @@ impl<K: Copy + Eq + Hash> ShaperTable<K> {
         now: u64,
         len: u32,
     ) -> Decision {
+        self.schedule_within(cfg, key, hint, now, len, u64::MAX)
+    }
+
+    /// [`schedule`](Self::schedule) with `room` packets left to park ([`ShaperConfig::step`]).
+    #[inline]
+    pub fn schedule_within(
+        &mut self,
+        cfg: &ShaperConfig,
+        key: K,
+        hint: &mut ShaperHint,
+        now: u64,
+        len: u32,
+        room: u64,
+    ) -> Decision {
         let i = match self.slots.get(hint.0 as usize) {
             Some(slot) if slot.live && slot.key == key => hint.0 as usize,
             _ => {
@@ -116,7 +130,7 @@ impl<K: Copy + Eq + Hash> ShaperTable<K> {
             }
         };
         let slot = &mut self.slots[i];
-        let decision = slot.state.schedule(cfg, now, len);
+        let decision = slot.state.schedule_within(cfg, now, len, room);
         slot.idle_at = slot.state.t_next().saturating_add(cfg.burst_cycles());
         decision
     }
