@@ -527,7 +527,7 @@ mod tests {
             let (flood, light) = (flood.unwrap(), light.unwrap());
             let mut w = WorkerShapers::with_capacity(4, 4);
             let mut parked = 0;
-            let mut go = |w: &mut WorkerShapers, shaper, host, parked: &mut usize| {
+            let go = |w: &mut WorkerShapers, shaper, host, parked: &mut usize| {
                 w.set_room(LIMIT - *parked);
                 let mut hint = ShaperHint::NONE;
                 let d = w.schedule(shaper, &key(host, u64::from(host)), &mut hint, now, 100);
